@@ -1,0 +1,33 @@
+"""The durable promise store: records on disk, shared safely by several processes.
+
+`open_store` returns the embedded directory store; `PromiseStore` is the
+interface the runner speaks, so another backend can stand behind it.
+"""
+
+from .directory import DEFAULT_LEASE, DirStore, check_id
+from .errors import (
+    CorruptStore,
+    InvalidId,
+    NotFound,
+    NotSerializable,
+    StaleClaim,
+    StoreError,
+    StoreFormatError,
+    StoreFull,
+    StoreIOError,
+    StoreUnavailable,
+)
+from .interface import PromiseStore
+from .types import MAX_ID_BYTES, Claim, NewPromise, Page, Promise, State, Stats, Task, TaskState
+
+
+def open_store(path: str, **options: float) -> DirStore:
+    return DirStore(path, **options)
+
+
+__all__ = [
+    "DEFAULT_LEASE", "MAX_ID_BYTES", "Claim", "CorruptStore", "DirStore", "InvalidId", "NewPromise",
+    "NotFound", "NotSerializable", "Page", "Promise", "PromiseStore", "StaleClaim", "State", "Stats",
+    "StoreError", "StoreFormatError", "StoreFull", "StoreIOError", "StoreUnavailable", "Task",
+    "TaskState", "check_id", "open_store",
+]

@@ -1,0 +1,408 @@
+"""The directory store: the embedded, default implementation of the store interface.
+
+Layout::
+
+    STORE/
+      FORMAT      format name and version (created once, never replaced)
+      lock        flock'ed around every read and write of the log (never unlinked)
+      snapshot    the whole state up to the start of one log segment (atomic replace)
+      log/NNNNNNNN.seg   append-only frames; each frame is one atomic batch of operations
+
+A change is built under the lock from a state that has caught up with the log,
+appended as one frame, fdatasync'd, and only then applied and acknowledged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import codec
+from .errors import (
+    CorruptStore,
+    InvalidId,
+    NotFound,
+    StaleClaim,
+    StoreFormatError,
+    StoreUnavailable,
+)
+from .fsutil import DIR_MODE, create_once, io_error, write_replace
+from .log import Log
+from .state import (
+    CLAIM,
+    CREATE,
+    HEARTBEAT,
+    RELEASE,
+    RELEASE_OWNER,
+    SETTLE,
+    WAIT,
+    StoreState,
+    promise_to_list,
+)
+from .types import MAX_ID_BYTES, Claim, NewPromise, Page, Promise, State, Stats, Task, TaskState
+from .watch import Watch
+
+FORMAT_NAME = "fanout-runner-store"
+FORMAT_VERSION = 1
+DEFAULT_LEASE = 30.0  # seconds; heartbeats extend it, a seen death releases at once
+AFFINITY_GRACE = 1.0  # seconds a woken workflow waits for the worker that has it in memory
+SEGMENT_BYTES = 8 << 20  # past this, the state is snapshotted and older segments dropped
+_KNOWN = {"FORMAT", "lock", "snapshot", "log", "supervisor.lock", "outbox.jsonl"}
+
+
+def check_id(promise_id: Any) -> str:
+    """Ids are stored as data, never as paths; only their size and type are limited."""
+    if not isinstance(promise_id, str) or not promise_id:
+        raise InvalidId(f"a promise id must be a non-empty string, got {promise_id!r}")
+    try:
+        size = len(promise_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidId("a promise id must be valid UTF-8 text") from None
+    if size > MAX_ID_BYTES:
+        raise InvalidId(f"a promise id may be at most {MAX_ID_BYTES} bytes of UTF-8, got {size}")
+    return promise_id
+
+
+def _format_bytes() -> bytes:
+    return codec.pack({"format": FORMAT_NAME, "version": FORMAT_VERSION})
+
+
+def _prepare_dir(root: Path) -> None:
+    """Create the store directory, or check that an existing one is ours and usable."""
+    try:
+        root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StoreUnavailable(f"store path {root} exists and is not a directory") from None
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot create store directory {root}: {exc.strerror}") from None
+    if not root.is_dir():
+        raise StoreUnavailable(f"store path {root} is not a directory")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise StoreUnavailable(f"store directory {root} is not writable")
+    fmt = root / "FORMAT"
+    if not fmt.exists():
+        strangers = set(os.listdir(root)) - _KNOWN
+        if strangers:
+            raise StoreFormatError(f"{root} is not a runner store (it holds {sorted(strangers)[0]!r})")
+        try:
+            create_once(fmt, _format_bytes())
+            (root / "log").mkdir(mode=DIR_MODE, exist_ok=True)
+        except OSError as exc:
+            raise io_error(exc, f"creating store {root}") from None
+    try:
+        found = codec.unpack(fmt.read_bytes())
+    except Exception:
+        raise StoreFormatError(f"{root}/FORMAT is not a runner store format file") from None
+    if not isinstance(found, dict) or found.get("format") != FORMAT_NAME:
+        raise StoreFormatError(f"{root} is not a runner store")
+    if found.get("version") != FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{root} is a store of format version {found.get('version')}; this runner reads {FORMAT_VERSION}")
+
+
+class DirStore:
+    """A promise store in one directory, safe to share between processes."""
+
+    def __init__(self, root: str | os.PathLike[str], *, lease: float = DEFAULT_LEASE) -> None:
+        self.root = Path(root)
+        self.lease = lease
+        _prepare_dir(self.root)
+        (self.root / "log").mkdir(mode=DIR_MODE, exist_ok=True)
+        self._mutex = threading.RLock()
+        self._log = Log(self.root)
+        self.state = StoreState()
+        with self._log.locked():
+            self._load()
+
+    # -- opening and catching up ---------------------------------------------
+
+    def _load(self) -> None:
+        snapshot = self.root / "snapshot"
+        start = 1
+        if snapshot.exists():
+            start, self.state = self._read_snapshot(snapshot)
+        else:
+            segments = self._log.segments()
+            start = segments[0] if segments else 1
+        self._log.start_at(start)
+        self._sync()
+        self._log.remove_below(start)
+
+    def _read_snapshot(self, path: Path) -> tuple[int, StoreState]:
+        data = path.read_bytes()
+        found = codec.read_frame(data, 0)
+        if found is None or found[1] != len(data):
+            raise CorruptStore(str(path), 0, "snapshot checksum mismatch")
+        segment, body = codec.unpack(found[0])
+        return segment, StoreState.from_snapshot(body)
+
+    def _sync(self) -> None:
+        for payload in self._log.read_new():
+            for op in codec.unpack(payload):
+                self.state.apply(op)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store lock with a state that has caught up with every process's writes."""
+        with self._mutex, self._log.locked():
+            self._sync()
+            yield
+
+    def _commit(self, ops: list[list[Any]]) -> None:
+        """Append the operations as one durable frame, then apply them. Call under the lock."""
+        if not ops:
+            return
+        payload = codec.pack(ops)  # raises NotSerializable before anything is written
+        self._log.append(payload)
+        for op in codec.unpack(payload):  # apply exactly what every other process will read
+            self.state.apply(op)
+        if self._log.offset > SEGMENT_BYTES:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Snapshot the state, continue in a new segment, drop what the snapshot covers."""
+        segment = self._log.rotate()
+        body = codec.pack([segment, self.state.to_snapshot()])
+        try:
+            write_replace(self.root / "snapshot", codec.frame(body))
+        except OSError as exc:
+            raise io_error(exc, "writing a snapshot") from None
+        self._log.remove_below(segment)
+
+    def refresh(self) -> None:
+        """Catch up with what other processes wrote."""
+        with self._locked():
+            pass
+
+    def watch(self) -> Watch:
+        """A descriptor that turns readable when any process writes to this store."""
+        return Watch(self.root / "log")
+
+    def close(self) -> None:
+        self._log.close()
+
+    # -- promises -----------------------------------------------------------------
+
+    def create(self, promises: Sequence[NewPromise], now: float | None = None) -> list[Promise]:
+        """Create promises in one durable batch; an id that exists returns what is stored."""
+        now = time.time() if now is None else now
+        with self._locked():
+            return self._create_locked(promises, now)
+
+    def _create_locked(self, promises: Sequence[NewPromise], now: float) -> list[Promise]:
+        ops: list[list[Any]] = []
+        fresh: dict[str, Promise] = {}
+        for new in promises:
+            check_id(new.id)
+            if new.parent is not None:
+                check_id(new.parent)
+            if new.id in self.state.promises or new.id in fresh:
+                continue
+            p = Promise(new.id, State.PENDING, new.func, list(new.args), new.parent, dict(new.tags),
+                        new.timeout, now)
+            fresh[new.id] = p
+            ops.append([CREATE, promise_to_list(p), new.runnable])
+        self._commit(ops)
+        return [self.state.promises[new.id] for new in promises]
+
+    def get(self, promise_id: str) -> Promise | None:
+        with self._locked():
+            return self.state.promises.get(promise_id)
+
+    def task(self, promise_id: str) -> Task | None:
+        with self._locked():
+            record = self.state.tasks.get(promise_id)
+            return None if record is None else record.frozen(promise_id)
+
+    def children(self, parent: str) -> list[Promise]:
+        with self._locked():
+            return [self.state.promises[c] for c in self.state.children.get(parent, ())]
+
+    def search(self, *, state: State | None = None, parent: str | None = None,
+               prefix: str | None = None, limit: int = 100, cursor: int = 0) -> Page:
+        """Promises in creation order, filtered; page with the returned cursor."""
+        with self._locked():
+            if parent is not None:
+                pool = [self.state.promises[c] for c in self.state.children.get(parent, ())]
+            else:
+                pool = list(self.state.promises.values())
+        matches = [p for p in pool[cursor:] if (state is None or p.state is state)
+                   and (prefix is None or p.id.startswith(prefix))]
+        items = matches[:limit]
+        if len(matches) <= limit:
+            return Page(items, None)
+        return Page(items, pool.index(matches[limit], cursor))
+
+    def settle(self, promise_id: str, state: State, value: Any = None,
+               now: float | None = None) -> Promise:
+        """Settle a pending promise; settling a settled one returns it unchanged.
+
+        Cancelling also cancels every pending descendant, in the same frame.
+        """
+        if not state.settled:
+            raise ValueError("settle needs a final state")
+        codec.check_value(value)
+        now = time.time() if now is None else now
+        with self._locked():
+            p = self.state.promises.get(promise_id)
+            if p is None:
+                raise NotFound(promise_id)
+            if p.settled:
+                return p
+            ops = [[SETTLE, promise_id, state.value, value, now]]
+            if state is State.REJECTED_CANCELED:
+                cause = {"type": "Canceled", "message": f"canceled with {promise_id}"}
+                ops += [[SETTLE, d, state.value, cause, now]
+                        for d in self.state.descendants_pending(promise_id)]
+            self._commit(ops)
+            return self.state.promises[promise_id]
+
+    # -- tasks ----------------------------------------------------------------------
+
+    def claim(self, owner: str, now: float | None = None, *, limit: int = 1,
+              lease: float | None = None) -> list[Claim]:
+        """Lease up to `limit` ready tasks to `owner`, each with a fresh fencing counter."""
+        now = time.time() if now is None else now
+        expires = now + (self.lease if lease is None else lease)
+        with self._locked():
+            picked = self.state.claimable(owner, now, limit, AFFINITY_GRACE)
+            tasks = self.state.tasks
+            self._commit([[CLAIM, pid, owner, tasks[pid].counter + 1, expires] for pid in picked])
+            return [Claim(self.state.promises[pid], tasks[pid].counter, tasks[pid].attempt, owner, expires)
+                    for pid in picked]
+
+    def has_ready(self, owner: str, now: float | None = None) -> bool:
+        """Whether a claim by `owner` would find work, judged from what is already read."""
+        now = time.time() if now is None else now
+        with self._mutex:
+            return bool(self.state.claimable(owner, now, 1, AFFINITY_GRACE))
+
+    def heartbeat(self, owner: str, now: float | None = None, *, lease: float | None = None) -> int:
+        """Extend every lease `owner` holds; returns how many."""
+        now = time.time() if now is None else now
+        with self._locked():
+            held = len(self.state.owned.get(owner, ()))
+            if held:
+                self._commit([[HEARTBEAT, owner, now + (self.lease if lease is None else lease)]])
+            return held
+
+    def _fenced(self, promise_id: str, counter: int) -> None:
+        task = self.state.tasks.get(promise_id)
+        if task is None:
+            raise StaleClaim(promise_id, counter, "the promise is settled or has no task")
+        if task.state is not TaskState.CLAIMED or task.counter != counter:
+            raise StaleClaim(promise_id, counter, f"the task is {task.state.value} at counter {task.counter}")
+
+    def complete(self, promise_id: str, counter: int, state: State, value: Any,
+                 now: float | None = None, *, creates: Sequence[NewPromise] = ()) -> Promise:
+        """Settle a claimed promise and release its task in one frame, if the claim is current."""
+        if not state.settled:
+            raise ValueError("complete needs a final state")
+        codec.check_value(value)
+        now = time.time() if now is None else now
+        with self._locked():
+            self._fenced(promise_id, counter)
+            ops = self._create_ops(creates, now)
+            ops.append([SETTLE, promise_id, state.value, value, now])
+            self._commit(ops)
+            return self.state.promises[promise_id]
+
+    def suspend(self, promise_id: str, counter: int, awaiting: Sequence[str],
+                now: float | None = None, *, creates: Sequence[NewPromise] = (),
+                affinity: str | None = None) -> bool:
+        """Release a workflow's claim until one of `awaiting` settles, creating its new children.
+
+        Returns False, keeping the claim, when something awaited has settled already:
+        the caller goes on at once instead of waiting for a wake-up that already happened.
+        """
+        now = time.time() if now is None else now
+        with self._locked():
+            self._fenced(promise_id, counter)
+            ops = self._create_ops(creates, now)
+            settled = any(self.state.promises[a].settled for a in awaiting
+                          if a in self.state.promises)
+            if not settled:
+                ops.append([WAIT, promise_id, list(awaiting), affinity])
+            self._commit(ops)
+            return not settled
+
+    def _create_ops(self, creates: Sequence[NewPromise], now: float) -> list[list[Any]]:
+        ops = []
+        for new in creates:
+            check_id(new.id)
+            if new.id not in self.state.promises:
+                p = Promise(new.id, State.PENDING, new.func, list(new.args), new.parent,
+                            dict(new.tags), new.timeout, now)
+                ops.append([CREATE, promise_to_list(p), new.runnable])
+        return ops
+
+    def retry(self, promise_id: str, counter: int, *, delay: float, error: Any,
+              now: float | None = None) -> None:
+        """Give a failed attempt back, to be claimed again after `delay` as the next attempt."""
+        codec.check_value(error)
+        now = time.time() if now is None else now
+        with self._locked():
+            self._fenced(promise_id, counter)
+            attempt = self.state.tasks[promise_id].attempt + 1
+            not_before = now + delay if delay > 0 else 0.0
+            self._commit([[RELEASE, promise_id, not_before, attempt, error, None, now]])
+
+    def release(self, promise_id: str, counter: int, now: float | None = None) -> None:
+        """Give a claim back untouched; the next claim's counter fences this holder off."""
+        now = time.time() if now is None else now
+        with self._locked():
+            self._fenced(promise_id, counter)
+            task = self.state.tasks[promise_id]
+            self._commit([[RELEASE, promise_id, 0.0, task.attempt, task.last_error, None, now]])
+
+    def release_owner(self, owner: str | None, now: float | None = None) -> list[str]:
+        """Give back every claim of `owner` (of everyone when None): its holder is dead."""
+        now = time.time() if now is None else now
+        with self._locked():
+            owners = [owner] if owner is not None else list(self.state.owned)
+            held = sorted(pid for who in owners for pid in self.state.owned.get(who, ()))
+            affine = (owner is None and any(self.state.affine.values())) or bool(
+                self.state.affine.get(owner or ""))
+            if held or affine:
+                self._commit([[RELEASE_OWNER, owner, now]])
+            return held
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """The backstop: release leases past their expiry and time out overdue promises."""
+        now = time.time() if now is None else now
+        with self._locked():
+            ops: list[list[Any]] = []
+            for pid in self.state.expired_leases(now):
+                task = self.state.tasks[pid]
+                ops.append([RELEASE, pid, 0.0, task.attempt, task.last_error, None, now])
+            timed_out = self.state.timed_out(now)
+            for pid in timed_out:
+                error = {"type": "TimeoutError", "message": f"promise {pid} timed out"}
+                ops.append([SETTLE, pid, State.REJECTED_TIMEDOUT.value, error, now])
+            self._commit(ops)
+            return [op[1] for op in ops]
+
+    # -- inspection -----------------------------------------------------------------
+
+    def claims(self) -> list[Task]:
+        with self._locked():
+            return [self.state.tasks[pid].frozen(pid)
+                    for pids in self.state.owned.values() for pid in sorted(pids)]
+
+    def stats(self, now: float | None = None) -> Stats:
+        now = time.time() if now is None else now
+        with self._locked():
+            self.state.promote(now)
+            by_state: dict[str, int] = {s.value: 0 for s in State}
+            for p in self.state.promises.values():
+                by_state[p.state.value] += 1
+            tasks = self.state.tasks.values()
+            return Stats(by_state, len(self.state.ready),
+                         sum(t.state is TaskState.CLAIMED for t in tasks),
+                         sum(t.state is TaskState.WAITING for t in tasks),
+                         len(self.state.delayed))

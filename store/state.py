@@ -1,0 +1,268 @@
+"""The store's state as a deterministic machine fed by the log's operations.
+
+Every process applies the same operations in the same order and so holds the
+same promises and tasks. Operations are plain lists (msgpack-friendly), named
+by a one-letter code; each names its ids and counters explicitly, so applying
+one never depends on the clock or on which process applies it. Only the queues
+(ready, delayed, leases, timeouts) are local views, rebuilt from the tasks.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import replace
+from typing import Any
+
+from .types import Promise, State, Task, TaskState
+
+# op codes
+CREATE, SETTLE, CLAIM, HEARTBEAT, RELEASE, WAIT, RELEASE_OWNER = "c", "s", "k", "h", "r", "w", "o"
+
+
+class TaskRecord:
+    """A task's mutable state inside the machine; callers only see frozen Task copies."""
+
+    __slots__ = ("affinity", "attempt", "awaiting", "counter", "expires_at", "last_error",
+                 "not_before", "owner", "ready_since", "state")
+
+    def __init__(self, state: TaskState = TaskState.READY, counter: int = 0, attempt: int = 1,
+                 owner: str | None = None, expires_at: float | None = None, not_before: float = 0.0,
+                 awaiting: tuple[str, ...] = (), affinity: str | None = None,
+                 last_error: Any = None, ready_since: float = 0.0) -> None:
+        self.state, self.counter, self.attempt = state, counter, attempt
+        self.owner, self.expires_at, self.not_before = owner, expires_at, not_before
+        self.awaiting, self.affinity, self.last_error = awaiting, affinity, last_error
+        self.ready_since = ready_since
+
+    def to_list(self) -> list[Any]:
+        return [self.state.value, self.counter, self.attempt, self.owner, self.expires_at,
+                self.not_before, list(self.awaiting), self.affinity, self.last_error, self.ready_since]
+
+    @classmethod
+    def from_list(cls, f: list[Any]) -> TaskRecord:
+        return cls(TaskState(f[0]), f[1], f[2], f[3], f[4], f[5], tuple(f[6]), f[7], f[8], f[9])
+
+    def frozen(self, promise_id: str) -> Task:
+        return Task(promise_id, self.state, self.counter, self.attempt, self.owner, self.expires_at,
+                    self.not_before, self.awaiting, self.affinity, self.last_error)
+
+
+def promise_to_list(p: Promise) -> list[Any]:
+    return [p.id, p.state.value, p.func, p.args, p.parent, p.tags, p.timeout, p.created_at,
+            p.settled_at, p.value]
+
+
+def promise_from_list(f: list[Any]) -> Promise:
+    return Promise(f[0], State(f[1]), f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9])
+
+
+class StoreState:
+    def __init__(self) -> None:
+        self.promises: dict[str, Promise] = {}
+        self.children: dict[str, list[str]] = {}
+        self.tasks: dict[str, TaskRecord] = {}
+        self.ready: dict[str, None] = {}  # claimable now, oldest first
+        self.delayed: list[tuple[float, str]] = []  # (not_before, id); checked when popped
+        self.callbacks: dict[str, set[str]] = {}  # awaited id -> ids waiting on it
+        self.owned: dict[str, set[str]] = {}  # owner -> ids it holds claims on
+        self.affine: dict[str, set[str]] = {}  # owner -> ready ids it should resume first
+        self.leases: list[tuple[float, str]] = []  # (expires_at, id); checked when popped
+        self.timeouts: list[tuple[float, str]] = []  # (timeout, id); checked when popped
+
+    # -- applying operations ------------------------------------------------
+
+    def apply(self, op: list[Any]) -> None:
+        code = op[0]
+        if code == CREATE:
+            self._create(promise_from_list(op[1]), op[2])
+        elif code == SETTLE:
+            self._settle(op[1], State(op[2]), op[3], op[4])
+        elif code == CLAIM:
+            self._claim(op[1], op[2], op[3], op[4])
+        elif code == HEARTBEAT:
+            for pid in self.owned.get(op[1], ()):
+                self.tasks[pid].expires_at = op[2]
+        elif code == RELEASE:
+            self._release(op[1], op[2], op[3], op[4], op[5], op[6])
+        elif code == WAIT:
+            self._wait(op[1], tuple(op[2]), op[3])
+        elif code == RELEASE_OWNER:
+            self._release_owner(op[1], op[2])
+        else:
+            raise ValueError(f"unknown operation {code!r}")
+
+    def _create(self, p: Promise, runnable: bool) -> None:
+        if p.id in self.promises:
+            return
+        self.promises[p.id] = p
+        if p.parent is not None:
+            self.children.setdefault(p.parent, []).append(p.id)
+        if p.settled:
+            return
+        if p.timeout is not None:
+            heapq.heappush(self.timeouts, (p.timeout, p.id))
+        if runnable:
+            self._add_task(p.id, TaskRecord(ready_since=p.created_at))
+
+    def _add_task(self, pid: str, task: TaskRecord) -> None:
+        self.tasks[pid] = task
+        if task.state is TaskState.READY:
+            self._enqueue(pid, task)
+        elif task.state is TaskState.CLAIMED:
+            assert task.owner is not None and task.expires_at is not None
+            self.owned.setdefault(task.owner, set()).add(pid)
+            heapq.heappush(self.leases, (task.expires_at, pid))
+        else:
+            for awaited in task.awaiting:
+                self.callbacks.setdefault(awaited, set()).add(pid)
+
+    def _enqueue(self, pid: str, task: TaskRecord) -> None:
+        if task.not_before > 0:
+            heapq.heappush(self.delayed, (task.not_before, pid))
+        else:
+            self.ready[pid] = None
+        if task.affinity is not None:
+            self.affine.setdefault(task.affinity, set()).add(pid)
+
+    def _unqueue(self, pid: str, task: TaskRecord) -> None:
+        """Take a task out of every index; the caller gives it its new state."""
+        self.ready.pop(pid, None)
+        if task.owner is not None:
+            self.owned.get(task.owner, set()).discard(pid)
+            task.owner = None
+        if task.affinity is not None:
+            self.affine.get(task.affinity, set()).discard(pid)
+            task.affinity = None
+        for awaited in task.awaiting:
+            self.callbacks.get(awaited, set()).discard(pid)
+        task.awaiting = ()
+
+    def _settle(self, pid: str, state: State, value: Any, at: float) -> None:
+        p = self.promises[pid]
+        if p.settled:
+            return
+        self.promises[pid] = replace(p, state=state, value=value, settled_at=at)
+        task = self.tasks.pop(pid, None)
+        if task is not None:
+            self._unqueue(pid, task)
+        for waiter in sorted(self.callbacks.pop(pid, ())):
+            wtask = self.tasks.get(waiter)
+            if wtask is not None and wtask.state is TaskState.WAITING:
+                affinity = wtask.affinity
+                self._unqueue(waiter, wtask)
+                wtask.state, wtask.affinity, wtask.ready_since = TaskState.READY, affinity, at
+                wtask.not_before = 0.0
+                self._enqueue(waiter, wtask)
+
+    def _claim(self, pid: str, owner: str, counter: int, expires_at: float) -> None:
+        task = self.tasks[pid]
+        self._unqueue(pid, task)
+        task.state, task.owner, task.counter, task.expires_at = TaskState.CLAIMED, owner, counter, expires_at
+        self.owned.setdefault(owner, set()).add(pid)
+        heapq.heappush(self.leases, (expires_at, pid))
+
+    def _release(self, pid: str, not_before: float, attempt: int, error: Any,
+                 affinity: str | None, at: float) -> None:
+        task = self.tasks[pid]
+        self._unqueue(pid, task)
+        task.state, task.not_before, task.attempt = TaskState.READY, not_before, attempt
+        task.last_error, task.affinity, task.ready_since, task.expires_at = error, affinity, at, None
+        self._enqueue(pid, task)
+
+    def _wait(self, pid: str, awaiting: tuple[str, ...], affinity: str | None) -> None:
+        task = self.tasks[pid]
+        self._unqueue(pid, task)
+        task.state, task.awaiting, task.affinity, task.expires_at = TaskState.WAITING, awaiting, affinity, None
+        for awaited in awaiting:
+            self.callbacks.setdefault(awaited, set()).add(pid)
+
+    def _release_owner(self, owner: str | None, at: float) -> None:
+        owners = [owner] if owner is not None else list(self.owned)
+        for who in owners:
+            for pid in sorted(self.owned.pop(who, ())):
+                task = self.tasks[pid]
+                self._release(pid, 0.0, task.attempt, task.last_error, None, at)
+        for who in ([owner] if owner is not None else list(self.affine)):
+            for pid in self.affine.pop(who, ()):
+                self.tasks[pid].affinity = None
+
+    # -- queries the writer uses to build operations ------------------------
+
+    def promote(self, now: float) -> None:
+        """Move delayed tasks whose time has come into the ready queue."""
+        while self.delayed and self.delayed[0][0] <= now:
+            not_before, pid = heapq.heappop(self.delayed)
+            task = self.tasks.get(pid)
+            if task is not None and task.state is TaskState.READY and task.not_before == not_before:
+                task.not_before = 0.0
+                self.ready[pid] = None
+
+    def claimable(self, owner: str, now: float, limit: int, grace: float) -> list[str]:
+        """Ready ids for `owner`: its own suspended workflows first, then oldest first.
+
+        A workflow woken for another worker that still has it in memory is left
+        to that worker for `grace` seconds, then anyone may take it.
+        """
+        self.promote(now)
+        picked = [pid for pid in sorted(self.affine.get(owner, ())) if pid in self.ready][:limit]
+        for pid in self.ready:
+            if len(picked) >= limit:
+                break
+            task = self.tasks[pid]
+            if task.affinity is None or (task.affinity != owner and task.ready_since + grace <= now):
+                picked.append(pid)
+        return picked
+
+    def expired_leases(self, now: float) -> list[str]:
+        expired = []
+        while self.leases and self.leases[0][0] <= now:
+            _, pid = heapq.heappop(self.leases)
+            task = self.tasks.get(pid)
+            if task is None or task.state is not TaskState.CLAIMED or task.expires_at is None:
+                continue
+            if task.expires_at <= now:
+                expired.append(pid)
+            else:
+                heapq.heappush(self.leases, (task.expires_at, pid))
+        return expired
+
+    def timed_out(self, now: float) -> list[str]:
+        out = []
+        while self.timeouts and self.timeouts[0][0] <= now:
+            _, pid = heapq.heappop(self.timeouts)
+            if not self.promises[pid].settled:
+                out.append(pid)
+        return out
+
+    def descendants_pending(self, pid: str) -> list[str]:
+        """Pending promises below `pid`, deepest first, found through the child index."""
+        out: list[str] = []
+        stack = list(self.children.get(pid, ()))
+        while stack:
+            child = stack.pop()
+            stack.extend(self.children.get(child, ()))
+            if not self.promises[child].settled:
+                out.append(child)
+        return out[::-1]
+
+    # -- snapshots -----------------------------------------------------------
+
+    def to_snapshot(self) -> list[Any]:
+        return [[promise_to_list(p) for p in self.promises.values()],
+                [[pid, t.to_list()] for pid, t in self.tasks.items()]]
+
+    @classmethod
+    def from_snapshot(cls, data: list[Any]) -> StoreState:
+        state = cls()
+        promises = state.promises
+        for f in data[0]:
+            p = promise_from_list(f)
+            promises[p.id] = p
+            if p.parent is not None:
+                state.children.setdefault(p.parent, []).append(p.id)
+            if p.timeout is not None and not p.settled:
+                state.timeouts.append((p.timeout, p.id))
+        heapq.heapify(state.timeouts)
+        for pid, fields in data[1]:
+            state._add_task(pid, TaskRecord.from_list(fields))
+        return state

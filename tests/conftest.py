@@ -1,0 +1,61 @@
+"""Shared fixtures: reaped child processes, a fresh store path, Hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import settings
+
+from tests.helpers import Spawn, cli_env, kill_group
+
+# Process tests are slow per example and timing varies on a loaded 2-core machine:
+# no per-example deadline, and a bounded number of examples.
+settings.register_profile("ci", deadline=None, max_examples=60)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def processes() -> Iterator[Spawn]:
+    """Factory: `processes(argv, store=None, env=None, **popen_kwargs) -> Popen`.
+
+    Each process starts in its own session (so its pid is its process group id) with the
+    same environment as `run_cli`. At teardown every group is SIGKILLed, including
+    workers whose leader already exited, and every leader is reaped.
+    """
+    started: list[subprocess.Popen[Any]] = []
+
+    def spawn(
+        argv: Sequence[str],
+        *,
+        store: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str | None] | None = None,
+        **popen_kwargs: Any,
+    ) -> subprocess.Popen[Any]:
+        popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            list(argv), env=cli_env(store, env), start_new_session=True, **popen_kwargs
+        )
+        started.append(proc)
+        return proc
+
+    yield spawn
+
+    errors: list[BaseException] = []
+    for proc in reversed(started):
+        try:
+            kill_group(proc)
+        except Exception as exc:  # keep going: one stuck process must not leak the rest
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    """A store path under tmp_path that does not exist yet: the store creates it."""
+    return tmp_path / "store"
