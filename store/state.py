@@ -172,7 +172,8 @@ class StoreState:
     def _wait(self, pid: str, awaiting: tuple[str, ...], affinity: str | None) -> None:
         task = self.tasks[pid]
         self._unqueue(pid, task)
-        task.state, task.awaiting, task.affinity, task.expires_at = TaskState.WAITING, awaiting, affinity, None
+        task.state, task.awaiting, task.affinity = TaskState.WAITING, awaiting, affinity
+        task.expires_at = None
         for awaited in awaiting:
             self.callbacks.setdefault(awaited, set()).add(pid)
 

@@ -13,7 +13,7 @@ from typing import Any
 MAX_ID_BYTES = 1024
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     """A promise's state. Every state but PENDING is final."""
 
     PENDING = "pending"
@@ -27,7 +27,7 @@ class State(str, enum.Enum):
         return self is not State.PENDING
 
 
-class TaskState(str, enum.Enum):
+class TaskState(enum.StrEnum):
     """Where the execution of a pending promise stands."""
 
     READY = "ready"  # may be claimed (once its not_before has passed)
