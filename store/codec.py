@@ -40,7 +40,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
 def pack(value: Any) -> bytes:
     """Serialise a JSON-like value; anything else raises NotSerializable."""
     try:
-        return msgpack.packb(value, default=_default, use_bin_type=True)  # type: ignore[no-any-return]
+        return msgpack.packb(value, default=_default, use_bin_type=True)
     except NotSerializable:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
