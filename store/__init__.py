@@ -4,6 +4,7 @@
 interface the runner speaks, so another backend can stand behind it.
 """
 
+from .codec import check_value, normalize
 from .directory import DEFAULT_LEASE, DirStore, check_id
 from .errors import (
     CorruptStore,
@@ -29,5 +30,5 @@ __all__ = [
     "DEFAULT_LEASE", "MAX_ID_BYTES", "Claim", "CorruptStore", "DirStore", "InvalidId", "NewPromise",
     "NotFound", "NotSerializable", "Page", "Promise", "PromiseStore", "StaleClaim", "State", "Stats",
     "StoreError", "StoreFormatError", "StoreFull", "StoreIOError", "StoreUnavailable", "Task",
-    "TaskState", "check_id", "open_store",
+    "TaskState", "check_id", "check_value", "normalize", "open_store",
 ]

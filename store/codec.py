@@ -56,6 +56,11 @@ def check_value(value: Any) -> None:
     pack(value)
 
 
+def normalize(value: Any) -> Any:
+    """The value as every reader of the store will see it (tuples become lists, and so on)."""
+    return unpack(pack(value))
+
+
 def crc(length: int, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(length.to_bytes(4, "big")))
 

@@ -15,6 +15,7 @@ appended as one frame, fdatasync'd, and only then applied and acknowledged.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -22,17 +23,20 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import codec
+from filelock import lock_descriptor, unlock_descriptor
+
+from . import codec, faults
 from .errors import (
     CorruptStore,
     InvalidId,
     NotFound,
     StaleClaim,
     StoreFormatError,
+    StoreIOError,
     StoreUnavailable,
 )
-from .fsutil import DIR_MODE, create_once, io_error, write_replace
-from .log import Log
+from .fsutil import DIR_MODE, FILE_MODE, create_once, io_error, write_replace
+from .log import Log, Overtaken, segment_name
 from .state import (
     CLAIM,
     CREATE,
@@ -53,6 +57,12 @@ DEFAULT_LEASE = 30.0  # seconds; heartbeats extend it, a seen death releases at 
 AFFINITY_GRACE = 1.0  # seconds a woken workflow waits for the worker that has it in memory
 SEGMENT_BYTES = 8 << 20  # past this, the state is snapshotted and older segments dropped
 _KNOWN = {"FORMAT", "lock", "snapshot", "log", "supervisor.lock", "outbox.jsonl"}
+_log = logging.getLogger(__name__)
+
+
+def _leftover_temp(name: str, stem: str) -> bool:
+    """A temporary file of fsutil's atomic writes (`.STEM.PID.tmp`) left by a crash."""
+    return name.startswith(f".{stem}.") and name.endswith(".tmp")
 
 
 def check_id(promise_id: Any) -> str:
@@ -86,7 +96,8 @@ def _prepare_dir(root: Path) -> None:
         raise StoreUnavailable(f"store directory {root} is not writable")
     fmt = root / "FORMAT"
     if not fmt.exists():
-        strangers = set(os.listdir(root)) - _KNOWN
+        # A crash while creating FORMAT leaves its temporary file: still an empty store.
+        strangers = {n for n in os.listdir(root) if not _leftover_temp(n, "FORMAT")} - _KNOWN
         if strangers:
             raise StoreFormatError(f"{root} is not a runner store (it holds {sorted(strangers)[0]!r})")
         try:
@@ -115,20 +126,44 @@ class DirStore:
         (self.root / "log").mkdir(mode=DIR_MODE, exist_ok=True)
         self._mutex = threading.RLock()
         self._log = Log(self.root)
+        self._supervisor_fd: int | None = None
         self.state = StoreState()
-        with self._log.locked():
-            self._load()
+        try:
+            with self._log.locked():
+                self._load()
+        except BaseException:
+            self._log.close()  # a refused open must not leak the lock's descriptor
+            raise
 
     # -- opening and catching up ---------------------------------------------
 
     def _load(self) -> None:
+        """Read the snapshot and the log after it. Call under the lock.
+
+        A missing piece is damage, reported, never read as "absent": the segment
+        a snapshot continues in, a segment between two others, or the snapshot
+        itself once older segments are gone.
+        """
         snapshot = self.root / "snapshot"
-        start = 1
+        segments = self._log.segments()
         if snapshot.exists():
             start, self.state = self._read_snapshot(snapshot)
+            if start not in segments:
+                raise CorruptStore(str(self._log.dir / segment_name(start)), 0,
+                                   "missing: the snapshot continues in this log segment")
         else:
-            segments = self._log.segments()
+            self.state = StoreState()
             start = segments[0] if segments else 1
+            if start != 1:
+                raise CorruptStore(str(snapshot), 0, f"missing, and the log starts at segment {start}")
+        for expected, number in enumerate((n for n in segments if n >= start), start):
+            if number != expected:
+                raise CorruptStore(str(self._log.dir / segment_name(expected)), 0,
+                                   f"missing log segment (segment {number} follows)")
+        for name in os.listdir(self.root):
+            if _leftover_temp(name, "snapshot"):  # a crash mid-compaction; nobody writes it now
+                with contextlib.suppress(OSError):
+                    os.unlink(self.root / name)
         self._log.start_at(start)
         self._sync()
         self._log.remove_below(start)
@@ -142,7 +177,12 @@ class DirStore:
         return segment, StoreState.from_snapshot(body)
 
     def _sync(self) -> None:
-        for payload in self._log.read_new():
+        try:
+            payloads = self._log.read_new()
+        except Overtaken:  # others compacted twice past our cursor: start over from the snapshot
+            self._load()
+            return
+        for payload in payloads:
             for op in codec.unpack(payload):
                 self.state.apply(op)
 
@@ -150,6 +190,7 @@ class DirStore:
     def _locked(self) -> Iterator[None]:
         """Hold the store lock with a state that has caught up with every process's writes."""
         with self._mutex, self._log.locked():
+            faults.crash_point("locked.hold")
             self._sync()
             yield
 
@@ -162,16 +203,23 @@ class DirStore:
         for op in codec.unpack(payload):  # apply exactly what every other process will read
             self.state.apply(op)
         if self._log.offset > SEGMENT_BYTES:
-            self._compact()
+            try:
+                self._compact()
+            except (OSError, StoreIOError) as exc:
+                # The change is durable and applied: report it done. The log is still
+                # whole without the snapshot; the next full segment tries again.
+                _log.warning("compacting store %s failed: %s", self.root, exc)
 
     def _compact(self) -> None:
         """Snapshot the state, continue in a new segment, drop what the snapshot covers."""
         segment = self._log.rotate()
+        faults.crash_point("compact.after_rotate")
         body = codec.pack([segment, self.state.to_snapshot()])
         try:
             write_replace(self.root / "snapshot", codec.frame(body))
         except OSError as exc:
             raise io_error(exc, "writing a snapshot") from None
+        faults.crash_point("compact.after_snapshot")
         self._log.remove_below(segment)
 
     def refresh(self) -> None:
@@ -184,7 +232,65 @@ class DirStore:
         return Watch(self.root / "log")
 
     def close(self) -> None:
+        """Close this handle's descriptors (in a forked child too: closing never unlocks)."""
         self._log.close()
+        if self._supervisor_fd is not None:
+            os.close(self._supervisor_fd)
+            self._supervisor_fd = None
+
+    # -- the one supervisor ---------------------------------------------------------
+
+    def lock_supervisor(self) -> bool:
+        """Become the store's one supervisor, if none is running; held until close().
+
+        The kernel drops the flock when its holder dies, so a SIGKILLed supervisor
+        never keeps the next one out.
+        """
+        if self._supervisor_fd is not None:
+            return True
+        fd = os.open(self.root / "supervisor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        if not lock_descriptor(fd, blocking=False):
+            os.close(fd)
+            return False
+        self._supervisor_fd = fd
+        return True
+
+    def unlock_supervisor(self) -> None:
+        if self._supervisor_fd is not None:
+            os.ftruncate(self._supervisor_fd, 0)
+            unlock_descriptor(self._supervisor_fd)
+            os.close(self._supervisor_fd)
+            self._supervisor_fd = None
+
+    def publish_supervisor(self, info: dict[str, Any]) -> None:
+        """Describe the running supervisor for `runner status` (not durable: it is live state)."""
+        assert self._supervisor_fd is not None, "not the supervisor"
+        data = codec.pack(info)
+        os.ftruncate(self._supervisor_fd, 0)
+        os.pwrite(self._supervisor_fd, data, 0)
+
+    def supervisor(self) -> dict[str, Any] | None:
+        """The running supervisor's description, or None when no supervisor runs."""
+        if self._supervisor_fd is not None:
+            fd = self._supervisor_fd
+        else:
+            try:
+                fd = os.open(self.root / "supervisor.lock", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+        try:
+            if fd != self._supervisor_fd and lock_descriptor(fd, blocking=False):
+                unlock_descriptor(fd)
+                return None
+            data = os.pread(fd, 1 << 20, 0)
+        finally:
+            if fd != self._supervisor_fd:
+                os.close(fd)
+        try:
+            info = codec.unpack(data)
+        except Exception:
+            info = None
+        return info if isinstance(info, dict) else {}
 
     # -- promises -----------------------------------------------------------------
 
@@ -210,7 +316,11 @@ class DirStore:
         self._commit(ops)
         return [self.state.promises[new.id] for new in promises]
 
-    def get(self, promise_id: str) -> Promise | None:
+    def get(self, promise_id: str, *, fresh: bool = True) -> Promise | None:
+        """The promise; with fresh=False, as last read (cheap, maybe behind other processes)."""
+        if not fresh:
+            with self._mutex:
+                return self.state.promises.get(promise_id)
         with self._locked():
             return self.state.promises.get(promise_id)
 
@@ -281,6 +391,11 @@ class DirStore:
         now = time.time() if now is None else now
         with self._mutex:
             return bool(self.state.claimable(owner, now, 1, AFFINITY_GRACE))
+
+    def next_due(self) -> float | None:
+        """When the earliest delayed task (a retry's backoff) becomes claimable, as last read."""
+        with self._mutex:
+            return self.state.delayed[0][0] if self.state.delayed else None
 
     def heartbeat(self, owner: str, now: float | None = None, *, lease: float | None = None) -> int:
         """Extend every lease `owner` holds; returns how many."""

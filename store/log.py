@@ -15,7 +15,7 @@ from pathlib import Path
 
 from filelock import lock_descriptor, unlock_descriptor
 
-from . import codec
+from . import codec, faults
 from .errors import CorruptStore, StoreUnavailable
 from .fsutil import FILE_MODE, io_error, sync_dir, write_all
 
@@ -25,6 +25,16 @@ LOCK_POLL = 0.0003  # seconds between tries when contended; holders keep the loc
 
 def segment_name(number: int) -> str:
     return f"{number:08d}{SEGMENT_SUFFIX}"
+
+
+class Overtaken(Exception):
+    """The cursor's segment was removed and no next segment follows it.
+
+    Other processes compacted at least twice since this one last read: the
+    segments after the cursor are gone and only the snapshot holds them. The
+    caller must reload from the snapshot; appending to the removed segment
+    would write to a file nobody will ever read again.
+    """
 
 
 class Log:
@@ -103,13 +113,16 @@ class Log:
         payloads: list[bytes] = []
         while True:
             assert self._fd is not None, "log cursor not started"
-            size = os.fstat(self._fd).st_size
+            st = os.fstat(self._fd)
+            size = st.st_size
             buf = os.pread(self._fd, size - self.offset, self.offset) if size > self.offset else b""
             end = 0
             for offset, payload in codec.frames(buf):
                 payloads.append(payload)
                 end = offset + len(payload) + codec.HEADER.size
             has_next = os.path.exists(self._path(self.segment + 1))
+            if not has_next and st.st_nlink == 0:
+                raise Overtaken(f"segment {self.segment} was compacted away")
             if end < len(buf):
                 self._bad_tail(buf, end, sealed=has_next)
             self.offset += end
@@ -138,7 +151,11 @@ class Log:
         assert self._fd is not None, "log cursor not started"
         data = codec.frame(payload)
         try:
+            if faults.fires("append.mid"):  # test-only: a torn write, then the crash
+                write_all(self._fd, data[: len(data) // 2])
+                faults.die()
             write_all(self._fd, data)
+            faults.crash_point("append.before_sync")
             os.fdatasync(self._fd)  # acknowledged only once on disk
         except OSError as exc:
             # Cut the frame off again: after a failed sync its fate is unknown, and
@@ -146,6 +163,7 @@ class Log:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self.offset)
             raise io_error(exc, "writing to the log") from None
+        faults.crash_point("append.after_sync")
         self.offset += len(data)
 
     def _close_fd(self) -> None:

@@ -1,0 +1,171 @@
+"""The `runner` command: thin wrappers over the modules that do the work.
+
+Every error a user can cause becomes one line on stderr and a documented exit
+code (see README.md): 0 resolved, 1 rejected, 2 bad usage or input,
+3 the store or the supervisor cannot serve.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from store import (DirStore, InvalidId, NotFound, NotSerializable, Promise, State, StoreError, StoreIOError,
+                   open_store)
+
+from . import logs
+from .apps import load_apps
+from .errors import AppError, BadInput, RegistryError, RunnerError
+from .invoke import submit, wait
+from .registry import Registry, registry
+from .supervisor import Supervisor
+
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+EXIT_STORE = 3
+_INPUT_ERRORS = (BadInput, RegistryError, AppError, InvalidId, NotSerializable, NotFound)
+
+
+@dataclass
+class Env:
+    """What every command shares: where the store is and which app modules to load."""
+
+    store_dir: Path
+    apps: tuple[str, ...]
+
+    def open(self, *, load: bool = True) -> tuple[DirStore, Registry]:
+        if load:
+            load_apps(self.apps)
+        return open_store(str(self.store_dir)), registry
+
+
+def common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command takes, declared once."""
+
+    @click.option("--store", "store_dir", envvar="RUNNER_STORE", default=".runner", show_default=True,
+                  type=click.Path(path_type=Path), help="Store directory (env RUNNER_STORE).")
+    @click.option("--app", "apps", multiple=True, envvar="RUNNER_APP_MODULES",
+                  help="Module that registers functions (repeatable; default: RUNNER_APP or pyproject).")
+    @click.option("--log-level", type=click.Choice(logs.LEVELS), default="warning", show_default=True)
+    @click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True)
+    @functools.wraps(fn)
+    def wrapper(store_dir: Path, apps: tuple[str, ...], log_level: str, log_format: str,
+                **kwargs: Any) -> Any:
+        logs.configure(log_level, log_format)
+        try:
+            return fn(Env(store_dir, apps), **kwargs)
+        except _INPUT_ERRORS as exc:
+            fail(str(exc), EXIT_USAGE)
+        except (RunnerError, StoreError) as exc:
+            fail(str(exc), EXIT_STORE)
+
+    return wrapper
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"runner: error: {message}", err=True)
+    sys.exit(code)
+
+
+def parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{what} is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}") from None
+
+
+def to_json(value: Any, *, indent: int | None = None) -> str:
+    """JSON for display: bytes and other non-JSON values print as text."""
+    return json.dumps(value, indent=indent, default=lambda v: v.decode("utf-8", "replace")
+                      if isinstance(v, bytes) else str(v))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Durable fan-out on one machine: every spawn and every result is a promise on disk.
+
+    \b
+    Example:
+      runner invoke notify_all --arg '{"order_id": "o-1"}'
+    """
+
+
+@cli.command()
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 1024),
+              help="Branches each worker runs at once.")
+@common
+def start(env: Env, workers: int, concurrency: int) -> None:
+    """Run the supervisor and its workers until Ctrl-C or SIGTERM (a second one kills).
+
+    \b
+    Example:
+      runner start --workers 4
+    """
+    store, reg = env.open()
+    click.echo(f"runner: supervisor {os.getpid()} on {env.store_dir} with {workers} workers "
+               f"x {concurrency} (Ctrl-C drains, a second Ctrl-C kills)", err=True)
+    Supervisor(store, env.store_dir, reg, workers=workers, concurrency=concurrency).run()
+    click.echo("runner: supervisor stopped", err=True)
+
+
+@cli.command()
+@click.argument("func")
+@click.option("--arg", "args", multiple=True, metavar="JSON", help="One positional argument (repeatable).")
+@click.option("--id", "promise_id", help="Root promise id; invoking an existing id attaches to that run.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Workers of the embedded supervisor, when none is running.")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--json", "as_json", is_flag=True, help="Print exactly the result as JSON.")
+@click.option("--no-wait", is_flag=True, help="Create the root promise, print its id, and return.")
+@common
+def invoke(env: Env, func: str, args: tuple[str, ...], promise_id: str | None, workers: int,
+           concurrency: int, as_json: bool, no_wait: bool) -> None:
+    """Run FUNC durably and print its result.
+
+    Without a supervisor on the store, one runs embedded for the duration.
+
+    \b
+    Example:
+      runner invoke notify_all --id order-42 --arg '{"order_id": "o-42"}'
+    """
+    values = [parse_json(text, f"--arg #{i}") for i, text in enumerate(args, 1)]
+    store, reg = env.open()
+    root = promise_id if promise_id is not None else f"{func}-{uuid.uuid4().hex[:12]}"
+    started = time.monotonic()
+    promise = submit(store, reg, func, values, root)
+    if no_wait:
+        click.echo(promise.id)
+        return
+    promise = wait(store, env.store_dir, reg, promise.id, workers=workers, concurrency=concurrency)
+    show_result(promise, time.monotonic() - started, as_json)
+    sys.exit(0 if promise.state is State.RESOLVED else EXIT_REJECTED)
+
+
+def show_result(promise: Promise, wall: float, as_json: bool) -> None:
+    if as_json:
+        click.echo(to_json(promise.value))
+        return
+    click.echo(f"{promise.func} {promise.id} {promise.state.value} after {wall:.2f} s")
+    click.echo(to_json(promise.value, indent=2))
+    value = promise.value
+    if isinstance(value, dict) and {"slowest_ms", "sum_ms"} <= value.keys():
+        click.echo(f"wall {wall * 1000:.0f} ms | slowest branch {value['slowest_ms']} ms | "
+                   f"sum of branches {value['sum_ms']} ms")
+
+
+def main() -> None:
+    try:
+        cli(prog_name="runner")
+    except StoreIOError as exc:  # raised outside a command's own handling, e.g. at exit
+        fail(str(exc), EXIT_STORE)

@@ -1,0 +1,86 @@
+"""Errors of the runner: one root, each carrying the fields a caller needs.
+
+The CLI turns a `RunnerError` into a one-line message and a non-zero exit, so every
+message here is written to stand alone on one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class RunnerError(Exception):
+    """Root of every error the runner raises on purpose."""
+
+
+class RegistryError(RunnerError):
+    """A function cannot be registered, or named, as asked."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class UnknownFunction(RegistryError):
+    """No function is registered under this name (typo, or its module was not loaded)."""
+
+    def __init__(self, name: str, registered: Sequence[str] = ()) -> None:
+        known = ", ".join(registered) if registered else "none"
+        super().__init__(name, f"unknown function {name!r} (registered: {known})")
+        self.registered = tuple(registered)
+
+
+class NonDeterminism(RunnerError):
+    """A replayed workflow called something other than what its store records.
+
+    Mixing the recorded result of one call into another would be silent corruption,
+    so replay stops here instead.
+    """
+
+    def __init__(self, promise_id: str, position: int, expected: str, found: str) -> None:
+        super().__init__(
+            f"non-determinism in {promise_id} at child {position}: "
+            f"replay called {found}, the store records {expected}"
+        )
+        self.promise_id = promise_id
+        self.position = position
+        self.expected = expected
+        self.found = found
+
+
+class AppError(RunnerError):
+    """The user's app modules (where functions get registered) could not be loaded."""
+
+    def __init__(self, message: str, module: str | None = None) -> None:
+        super().__init__(message)
+        self.module = module
+
+
+class ChildFailed(RunnerError):
+    """A child promise was rejected; raised where a workflow awaits it.
+
+    Errors of builtin types come back as themselves (a ValueError stays a
+    ValueError); any other type arrives as this, with its name and message.
+    """
+
+    def __init__(self, promise_id: str, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.promise_id = promise_id
+        self.type_name = type_name
+        self.message = message
+
+
+class Canceled(ChildFailed):
+    """The awaited promise was cancelled (by `runner promises cancel`, or with its run)."""
+
+
+class TimedOut(ChildFailed):
+    """The awaited promise passed its timeout before it settled."""
+
+
+class BadInput(RunnerError):
+    """Input from the command line that cannot be used: bad JSON, a reserved id, and so on."""
+
+
+class SupervisorRunning(RunnerError):
+    """Another supervisor already runs on this store; two would fight over its claims."""

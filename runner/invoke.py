@@ -1,0 +1,71 @@
+"""Starting a root promise and waiting for it, with or without a supervisor running.
+
+Waiting sleeps on the store's watch. When no supervisor holds the store, the
+waiter becomes one for as long as its own root is pending, so `runner invoke`
+works alone; if another waiter got there first and leaves, the next one takes over.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from store import NewPromise, Promise, PromiseStore, check_id, check_value
+
+from .errors import BadInput
+from .registry import Registry
+from .supervisor import Supervisor
+
+BACKSTOP = 1.0  # seconds between looks at the store when nothing woke us
+_CHILD_SUFFIX = re.compile(r"\.\d+\Z")
+
+
+def check_root_id(promise_id: str) -> str:
+    """A root id may be any storable text but the form of a child's id, so none can collide."""
+    check_id(promise_id)
+    if _CHILD_SUFFIX.search(promise_id):
+        raise BadInput(f"id {promise_id!r} ends in '.<number>', the form reserved for child promises")
+    return promise_id
+
+
+def submit(store: PromiseStore, registry: Registry, func: str, args: list[Any],
+           promise_id: str, timeout: float | None = None) -> Promise:
+    """Create the root promise, or find the run that already has this id."""
+    registry.lookup(func)
+    check_root_id(promise_id)
+    check_value(args)
+    promise = store.create([NewPromise(promise_id, func, args, timeout=timeout)])[0]
+    if promise.func != func:
+        raise BadInput(f"promise {promise_id!r} exists and runs {promise.func!r}, not {func!r}")
+    if promise.parent is not None:
+        raise BadInput(f"promise {promise_id!r} is a child of {promise.parent!r}, not a root")
+    return promise
+
+
+def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: str, *,
+         workers: int, concurrency: int, on_change: Callable[[], None] = lambda: None) -> Promise:
+    """Block until the promise settles, supervising the store ourselves when nobody does."""
+    watch = store.watch()
+    try:
+        while True:
+            promise = store.get(promise_id)
+            assert promise is not None
+            on_change()
+            if promise.settled:
+                return promise
+            if store.lock_supervisor():
+                supervisor = Supervisor(store, store_dir, registry, workers=workers,
+                                        concurrency=concurrency)
+
+                def settled() -> bool:
+                    on_change()
+                    found = store.get(promise_id)
+                    return found is not None and found.settled
+
+                supervisor.run(until=settled)
+                continue
+            watch.wait(BACKSTOP)
+    finally:
+        watch.close()

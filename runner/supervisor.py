@@ -1,0 +1,212 @@
+"""The supervisor: forks workers, sees them die, gives their claims back at once.
+
+Signal handlers only count signals; the loop does the work. The loop sleeps in
+select() on the signal wake-up pipe (SIGCHLD included, so a death is seen, not
+guessed) and, when it also waits for a result, on the store's watch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from store import DEFAULT_LEASE, PromiseStore, open_store
+
+from .errors import SupervisorRunning
+from .registry import Registry
+from .worker import die_with_parent, owner_id, run_worker
+
+log = logging.getLogger(__name__)
+
+TICK = 1.0  # seconds between expiry sweeps (the backstop for deaths nobody saw)
+QUICK_DEATH = 1.0  # a worker dying younger than this is restarted after a pause
+RESTART_PAUSE = 0.5
+_FORK_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD}
+
+
+class Supervisor:
+    def __init__(self, store: PromiseStore, store_dir: Path, registry: Registry, *, workers: int = 2,
+                 concurrency: int = 8, lease: float = DEFAULT_LEASE) -> None:
+        self.store = store
+        self.store_dir = store_dir
+        self.registry = registry
+        self.size = workers
+        self.concurrency = concurrency
+        self.lease = lease
+        self.workers: dict[int, tuple[str, float]] = {}  # pid -> (owner, started)
+        self.started = time.time()
+        self._signals = 0
+        self._draining = False
+        self._restart_at: list[float] = []
+        self._pipe: tuple[int, int] | None = None
+
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        """Supervise until a signal (or `until()` turns true), then drain and return."""
+        if not self.store.lock_supervisor():
+            raise SupervisorRunning(f"a supervisor is already running on {self.store_dir}")
+        try:
+            # Claims left by a previous generation belong to dead or fenced
+            # processes: give them back now rather than after their leases.
+            released = self.store.release_owner(None)
+            if released:
+                log.info("took back %d claims of the previous supervisor", len(released))
+            self._loop(until)
+        finally:
+            self.store.unlock_supervisor()
+
+    def _loop(self, until: Callable[[], bool] | None) -> None:
+        previous = self._install_signals()
+        watch = self.store.watch() if until is not None else None
+        try:
+            for _ in range(self.size):
+                self._spawn()
+            next_tick = time.monotonic() + TICK
+            while self.workers or self._restart_at:
+                self._wait(watch, min(next_tick, *self._restart_at, time.monotonic() + TICK))
+                self._reap()
+                self._restart_due()
+                if self._signals >= 2:
+                    self._signal_all(signal.SIGKILL)
+                elif self._signals == 1 or (until is not None and until()):
+                    self._drain()
+                if time.monotonic() >= next_tick:
+                    self.store.expire()
+                    next_tick = time.monotonic() + TICK
+        finally:
+            if watch is not None:
+                watch.close()
+            self._signal_all(signal.SIGKILL)
+            self._reap(block=True)
+            self._restore_signals(previous)
+
+    # -- signals -------------------------------------------------------------
+
+    def _install_signals(self) -> dict[int, object]:
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pipe = (read_fd, write_fd)
+        previous: dict[int, object] = {sig: signal.getsignal(sig) for sig in _FORK_SIGNALS}
+        signal.set_wakeup_fd(write_fd)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to write the wake-up byte
+        signal.signal(signal.SIGINT, self._count_signal)
+        signal.signal(signal.SIGTERM, self._count_signal)
+        return previous
+
+    def _count_signal(self, *_: object) -> None:
+        self._signals += 1
+
+    def _restore_signals(self, previous: dict[int, object]) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+
+    def _wait(self, watch: object | None, deadline: float) -> None:
+        assert self._pipe is not None
+        fds: list[object] = [self._pipe[0]] + ([watch] if watch is not None else [])
+        readable, _, _ = select.select(fds, [], [], max(0.0, deadline - time.monotonic()))
+        if self._pipe[0] in readable:
+            try:
+                while os.read(self._pipe[0], 512):
+                    pass
+            except BlockingIOError:
+                pass
+        if watch is not None and watch in readable:
+            watch.drain()  # type: ignore[attr-defined]
+
+    # -- workers -------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        parent = os.getpid()
+        # Block signals across fork so the child never runs our handlers.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_SIGNALS)
+        pid = os.fork()
+        if pid == 0:
+            self._become_worker(parent)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_SIGNALS)
+        self.workers[pid] = (owner_id(pid), time.monotonic())
+        self._publish()
+        log.info("started worker %d", pid)
+
+    def _become_worker(self, parent: int) -> None:
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_SIGNALS)
+            if self._pipe is not None:
+                for fd in self._pipe:
+                    os.close(fd)
+            self.store.close()  # its descriptors are the supervisor's; closing never unlocks
+            die_with_parent(parent)
+            store = open_store(str(self.store_dir), lease=self.lease)
+            run_worker(store, self.store_dir, self.registry, concurrency=self.concurrency, lease=self.lease)
+            code = 0
+        except BaseException:
+            log.exception("worker %d failed", os.getpid())
+        finally:
+            os._exit(code)
+
+    def _reap(self, block: bool = False) -> None:
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            entry = self.workers.pop(pid, None)
+            if entry is None:
+                continue
+            owner, started = entry
+            released = self.store.release_owner(owner)
+            log.log(logging.INFO if self._draining else logging.WARNING,
+                    "worker %d exited (%s); released %d claims", pid, _describe(status), len(released))
+            if not self._draining:
+                quick = time.monotonic() - started < QUICK_DEATH
+                self._restart_at.append(time.monotonic() + (RESTART_PAUSE if quick else 0.0))
+            self._publish()
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        due = [t for t in self._restart_at if t <= now]
+        self._restart_at = [t for t in self._restart_at if t > now]
+        for _ in due:
+            if not self._draining:
+                self._spawn()
+
+    def _drain(self) -> None:
+        if not self._draining:
+            log.info("draining: no new claims; running branches finish")
+            self._draining = True
+            self._restart_at.clear()
+            self._signal_all(signal.SIGTERM)
+
+    def _signal_all(self, sig: int) -> None:
+        for pid in self.workers:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _publish(self) -> None:
+        self.store.publish_supervisor({
+            "pid": os.getpid(), "started": self.started, "workers": sorted(self.workers),
+            "owners": {str(pid): owner for pid, (owner, _) in self.workers.items()},
+            "concurrency": self.concurrency,
+        })
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"

@@ -1,0 +1,92 @@
+"""Driving a workflow coroutine: replay, suspend, resume, finish.
+
+A workflow's coroutine is stepped by hand. When it awaits a child that has not
+settled, the step returns that child; the worker then suspends the promise in
+the store (releasing its claim, so waiting holds no worker) and keeps the
+coroutine in memory. If the same worker claims it again next, it resumes the
+coroutine where it stopped; anyone else replays it from the top.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from store import Promise
+
+from .context import Context, Handle
+
+
+@dataclass(slots=True)
+class Finished:
+    value: Any
+
+
+@dataclass(slots=True)
+class Failed:
+    error: BaseException
+
+
+@dataclass(slots=True)
+class Waiting:
+    child: str
+
+
+Step = Finished | Failed | Waiting
+
+
+class WorkflowRun:
+    """One workflow's coroutine and context, alive between its suspensions."""
+
+    def __init__(self, ctx: Context, coro: Any) -> None:
+        self.ctx = ctx
+        self.coro = coro
+        self.counter = 0  # the claim counter it last suspended under
+        self.waiting_on = ""  # the child it awaits
+
+    def step(self, settled: Promise | None = None) -> Step:
+        """Run until the next unsettled await, the end, or an error."""
+        try:
+            yielded = self.coro.send(settled)
+        except StopIteration as stop:
+            try:
+                self.ctx.check_complete()
+            except Exception as exc:
+                return Failed(exc)
+            return Finished(stop.value)
+        except Exception as exc:
+            return Failed(exc)
+        if not isinstance(yielded, Handle):
+            self.coro.close()
+            return Failed(TypeError(
+                f"workflow {self.ctx.id} awaited {yielded!r}: a workflow may only await ctx handles"))
+        return Waiting(yielded.id)
+
+    def close(self) -> None:
+        self.coro.close()
+
+
+class RunCache:
+    """Suspended workflows kept in memory, least recently used evicted first.
+
+    An evicted workflow is not lost: it replays from the store when woken.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._runs: OrderedDict[str, WorkflowRun] = OrderedDict()
+        self._capacity = capacity
+
+    def put(self, promise_id: str, run: WorkflowRun) -> None:
+        self._runs[promise_id] = run
+        self._runs.move_to_end(promise_id)
+        while len(self._runs) > self._capacity:
+            self._runs.popitem(last=False)[1].close()
+
+    def take(self, promise_id: str, counter: int) -> WorkflowRun | None:
+        """The run if nobody else claimed the workflow since it suspended here."""
+        run = self._runs.pop(promise_id, None)
+        if run is not None and run.counter + 1 != counter:
+            run.close()
+            return None
+        return run
