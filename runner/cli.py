@@ -169,3 +169,7 @@ def main() -> None:
         cli(prog_name="runner")
     except StoreIOError as exc:  # raised outside a command's own handling, e.g. at exit
         fail(str(exc), EXIT_STORE)
+
+
+# Commands kept in modules of their own attach themselves to `cli` when imported.
+from . import chaos_cmd, inspect_cmd  # noqa: E402, F401

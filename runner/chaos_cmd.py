@@ -1,0 +1,1 @@
+"""`runner chaos`: the kill-and-restart harness (being written)."""

@@ -1,0 +1,1 @@
+"""Inspection commands: promises, tree, status (being written)."""
