@@ -1,0 +1,140 @@
+"""Runner benchmarks: fan-out overhead, children per second, recovery after a SIGKILL.
+
+Each section starts a real `runner start` on a fresh store and drives it
+through the store API, timing from the promises' own created/settled times,
+so process start-up is not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from store import DirStore, NewPromise, Promise, open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+Row = tuple[str, str, str]  # what, measured, target verdict
+
+
+@contextlib.contextmanager
+def supervisor(workers: int, base: Path) -> Iterator[tuple[DirStore, Path]]:
+    """A `runner start` on a fresh store, ready when all its workers are up."""
+    store_dir = Path(tempfile.mkdtemp(dir=base)) / "store"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_OUTBOX": str(store_dir.parent / "outbox.jsonl")}
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "start", "--workers", str(workers),
+                             "--store", str(store_dir)], env=env, cwd=ROOT, start_new_session=True,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not store_dir.joinpath("FORMAT").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        store = open_store(str(store_dir))
+        while len((store.supervisor() or {}).get("workers", [])) < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError("supervisor did not start")
+            time.sleep(0.02)
+        yield store, store_dir
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def run_root(store: DirStore, promise_id: str, func: str, args: list[Any], timeout: float = 300) -> Promise:
+    watch = store.watch()
+    try:
+        store.create([NewPromise(promise_id, func, args)])
+        deadline = time.monotonic() + timeout
+        while not (found := store.get(promise_id)) or not found.settled:
+            if time.monotonic() > deadline:
+                raise TimeoutError(promise_id)
+            watch.wait(0.5)
+        return found
+    finally:
+        watch.close()
+
+
+def notify_overhead(base: Path) -> list[Row]:
+    """Wall time of notify_all minus its slowest channel, median of 15 runs."""
+    overheads = []
+    with supervisor(2, base) as (store, _):
+        run_root(store, "warm", "notify_all", [{"order_id": "warm"}])
+        for i in range(15):
+            done = run_root(store, f"n-{i}", "notify_all", [{"order_id": f"o-{i}"}])
+            assert done.settled_at is not None
+            overheads.append((done.settled_at - done.created_at) * 1000 - done.value["slowest_ms"])
+    median = statistics.median(overheads)
+    return [("notify_all overhead (wall - slowest), median of 15", f"{median:.1f} ms",
+             _verdict(median <= 10, "<= 10 ms"))]
+
+
+def fan_out_rate(base: Path) -> list[Row]:
+    """Children per second of fan_out_fan_in at three sizes, with 2 and 4 workers."""
+    rows: list[Row] = []
+    for workers in (2, 4):
+        with supervisor(workers, base) as (store, _):
+            per_child = {}
+            for n in (100, 1_000, 10_000):
+                items = [{"id": i, "data": "x"} for i in range(n)]
+                done = run_root(store, f"fan-{n}", "fan_out_fan_in", [items])
+                assert done.settled_at is not None
+                seconds = done.settled_at - done.created_at
+                per_child[n] = seconds / n
+                target = _verdict(n / seconds >= 1000, ">= 1000/s") if n == 1_000 else ""
+                rows.append((f"fan_out_fan_in N={n:,} workers={workers}", f"{n / seconds:,.0f} children/s",
+                             target))
+            ratio = per_child[10_000] / per_child[1_000]
+            rows.append((f"cost per child N=10,000 / N=1,000, workers={workers}", f"{ratio:.2f}x",
+                         _verdict(ratio <= 1.25, "<= 1.25x")))
+    return rows
+
+
+def kill_recovery(base: Path) -> list[Row]:
+    """From a worker's SIGKILL until its in-flight branch is claimed again, median of 5."""
+    delays = []
+    with supervisor(2, base) as (store, _):
+        watch = store.watch()
+        for i in range(5):
+            root = f"kill-{i}"
+            event = {"order_id": root, "delays": {"push": 3.0}}
+            store.create([NewPromise(root, "notify_all", [event])])
+            push = f"{root}.3"
+            owner = _wait_for(store, watch, lambda: _owner_of(store, push))
+            killed = time.time()
+            os.kill(int(owner.split("@")[0]), signal.SIGKILL)
+            _wait_for(store, watch, lambda o=owner: (_owner_of(store, push) or o) != o or None)
+            delays.append((time.time() - killed) * 1000)
+            _wait_for(store, watch, lambda r=root: store.get(r).settled or None)  # type: ignore[union-attr]
+        watch.close()
+    median = statistics.median(delays)
+    return [("SIGKILL of a worker -> its branch runs again, median of 5", f"{median:.1f} ms",
+             _verdict(median <= 100, "<= 100 ms"))]
+
+
+def _owner_of(store: DirStore, promise_id: str) -> str | None:
+    return next((t.owner for t in store.claims() if t.id == promise_id), None)
+
+
+def _wait_for(store: DirStore, watch: Any, probe: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while (found := probe()) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark condition not reached")
+        watch.wait(0.05)
+    return found
+
+
+def _verdict(ok: bool, target: str) -> str:
+    return f"{'OK' if ok else 'MISS'} ({target})"
+
+
+SECTIONS = [notify_overhead, fan_out_rate, kill_recovery]
