@@ -20,12 +20,21 @@ from typing import Any
 
 import click
 
-from store import (DirStore, InvalidId, NotFound, NotSerializable, Promise, State, StoreError, StoreIOError,
-                   open_store)
+from store import (
+    DirStore,
+    InvalidId,
+    NotFound,
+    NotSerializable,
+    Promise,
+    State,
+    StoreError,
+    StoreIOError,
+    open_store,
+)
 
-from . import logs
+from . import logs, progress
 from .apps import load_apps
-from .errors import AppError, BadInput, RegistryError, RunnerError
+from .errors import AppError, BadInput, RegistryError, RunnerError, SupervisorRunning
 from .invoke import submit, wait
 from .registry import Registry, registry
 from .supervisor import Supervisor
@@ -113,6 +122,9 @@ def start(env: Env, workers: int, concurrency: int) -> None:
       runner start --workers 4
     """
     store, reg = env.open()
+    # Refuse before announcing ourselves: a second supervisor says one thing, that it cannot run.
+    if not store.lock_supervisor():
+        raise SupervisorRunning(f"a supervisor is already running on {env.store_dir}")
     click.echo(f"runner: supervisor {os.getpid()} on {env.store_dir} with {workers} workers "
                f"x {concurrency} (Ctrl-C drains, a second Ctrl-C kills)", err=True)
     Supervisor(store, env.store_dir, reg, workers=workers, concurrency=concurrency).run()
@@ -147,7 +159,10 @@ def invoke(env: Env, func: str, args: tuple[str, ...], promise_id: str | None, w
     if no_wait:
         click.echo(promise.id)
         return
-    promise = wait(store, env.store_dir, reg, promise.id, workers=workers, concurrency=concurrency)
+    # Live progress only for a person at a terminal; pipes and --json get the plain result.
+    with progress.for_invoke(store, promise.id, enabled=not as_json and sys.stdout.isatty()) as view:
+        promise = wait(store, env.store_dir, reg, promise.id, workers=workers, concurrency=concurrency,
+                       on_change=view.update)
     show_result(promise, time.monotonic() - started, as_json)
     sys.exit(0 if promise.state is State.RESOLVED else EXIT_REJECTED)
 
@@ -166,9 +181,21 @@ def show_result(promise: Promise, wall: float, as_json: bool) -> None:
 
 def main() -> None:
     try:
-        cli(prog_name="runner")
+        # Not standalone, so a usage error is ours to print: one line like every other error.
+        code = cli.main(prog_name="runner", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        fail(exc.format_message() + hint, EXIT_USAGE)
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        fail("aborted", EXIT_REJECTED)
     except StoreIOError as exc:  # raised outside a command's own handling, e.g. at exit
         fail(str(exc), EXIT_STORE)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as click would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 # Commands kept in modules of their own attach themselves to `cli` when imported.

@@ -84,3 +84,12 @@ class BadInput(RunnerError):
 
 class SupervisorRunning(RunnerError):
     """Another supervisor already runs on this store; two would fight over its claims."""
+
+
+class AlreadySettled(BadInput):
+    """A promise settled from outside was settled already; a settled promise never changes."""
+
+    def __init__(self, promise_id: str, state: str) -> None:
+        super().__init__(f"promise {promise_id!r} is already {state}; nothing changed")
+        self.promise_id = promise_id
+        self.state = state

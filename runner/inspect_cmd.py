@@ -1,1 +1,197 @@
-"""Inspection commands: promises, tree, status (being written)."""
+"""Inspection and operation commands: `runner promises ...`, `runner tree`, `runner status`.
+
+Thin wrappers: report.py and status.py gather plain dicts, views.py draws them,
+settle.py settles from outside. `--json` prints the gathered dict as it is (the
+shapes are documented in README.md, "JSON output").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.text import Text
+
+from store import DirStore, State
+
+from . import report, settle, views
+from .cli import EXIT_STORE, Env, cli, common, fail, parse_json, to_json
+from .status import status as gather_status
+
+_STATES = [s.value for s in State]
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in README.md).")
+
+
+def _open(env: Env) -> DirStore:
+    """The store, which must exist already: looking must not create one."""
+    if not env.store_dir.is_dir():
+        fail(f"no store at {env.store_dir} (set --store or RUNNER_STORE)", EXIT_STORE)
+    return env.open(load=False)[0]
+
+
+def _emit(data: Any, as_json: bool, lines: Any) -> None:
+    if as_json:
+        click.echo(to_json(data))
+    else:
+        views.show(lines)
+
+
+@cli.group()
+def promises() -> None:
+    """List, show and settle promises.
+
+    \b
+    Examples:
+      runner promises list --state pending
+      runner promises get order-42.3
+      runner promises resolve order-42.0 --value '"yes"'
+    """
+
+
+@promises.command("list")
+@click.option("--state", type=click.Choice(_STATES), help="Only promises in this state.")
+@click.option("--prefix", help="Only ids starting with this text (a run's id lists the run).")
+@click.option("--parent", metavar="ID", help="Only the direct children of this promise.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--cursor", default=0, type=click.IntRange(0), help="Where the previous page ended.")
+@json_option
+@common
+def list_promises(env: Env, state: str | None, prefix: str | None, parent: str | None, limit: int,
+                  cursor: int, as_json: bool) -> None:
+    """List promises in creation order, one per line.
+
+    When more match than --limit, the last line (or "cursor" in JSON) says where
+    the next page starts.
+
+    \b
+    Example:
+      runner promises list --state pending --prefix order-42
+    """
+    data = report.listing(_open(env), state=State(state) if state else None, parent=parent,
+                          prefix=prefix, limit=limit, cursor=cursor)
+    _emit(data, as_json, views.promise_list(data))
+    if not as_json and data["cursor"] is not None:
+        click.echo(f"more: --cursor {data['cursor']}")
+
+
+@promises.command("get")
+@click.argument("promise_id", metavar="ID")
+@json_option
+@common
+def get_promise(env: Env, promise_id: str, as_json: bool) -> None:
+    """Show one promise: state, function, args, value or error, times, attempt, worker.
+
+    \b
+    Example:
+      runner promises get order-42.3 --json
+    """
+    data = report.detail(_open(env), promise_id)
+    _emit(data, as_json, views.promise_detail(data))
+
+
+@promises.command("resolve")
+@click.argument("promise_id", metavar="ID")
+@click.option("--value", default="null", show_default=True, metavar="JSON", help="The value, as JSON.")
+@json_option
+@common
+def resolve(env: Env, promise_id: str, value: str, as_json: bool) -> None:
+    """Resolve a pending promise with a value; a workflow awaiting it resumes.
+
+    A settled promise is never changed: settling it again exits 2 and names its state.
+
+    \b
+    Example:
+      runner promises resolve approval-1.0 --value '"yes"'
+    """
+    parsed = parse_json(value, "--value")
+    store = _open(env)
+    settle.resolve(store, promise_id, parsed)
+    _settled(store, promise_id, as_json)
+
+
+@promises.command("reject")
+@click.argument("promise_id", metavar="ID")
+@click.option("--error", "message", required=True, metavar="MSG", help="The error message.")
+@click.option("--type", "type_name", default="Rejected", show_default=True,
+              help="Error type an awaiting workflow raises (a builtin such as ValueError stays itself).")
+@json_option
+@common
+def reject(env: Env, promise_id: str, message: str, type_name: str, as_json: bool) -> None:
+    """Reject a pending promise; a workflow awaiting it gets the error.
+
+    A settled promise is never changed: settling it again exits 2 and names its state.
+
+    \b
+    Example:
+      runner promises reject approval-1.0 --error "budget exceeded"
+    """
+    store = _open(env)
+    settle.reject(store, promise_id, message, type_name)
+    _settled(store, promise_id, as_json)
+
+
+@promises.command("cancel")
+@click.argument("promise_id", metavar="ID")
+@click.option("--reason", default=settle.CANCEL_REASON, show_default=True)
+@json_option
+@common
+def cancel(env: Env, promise_id: str, reason: str, as_json: bool) -> None:
+    """Cancel a pending promise and every pending promise below it.
+
+    A workflow awaiting a cancelled promise raises runner.errors.Canceled. Cancelling
+    a run's root ends the run: `runner invoke` waiting on it exits 1.
+
+    \b
+    Example:
+      runner promises cancel order-42
+    """
+    store = _open(env)
+    _, canceled = settle.cancel(store, promise_id, reason)
+    _settled(store, promise_id, as_json, canceled)
+
+
+def _settled(store: DirStore, promise_id: str, as_json: bool, canceled: list[str] | None = None) -> None:
+    data = report.detail(store, promise_id)
+    if canceled is not None:
+        data["canceled_descendants"] = canceled
+    if as_json:
+        click.echo(to_json(data))
+        return
+    line = Text.assemble(f"{promise_id} ", views.state(data["state"]))
+    if canceled:
+        line.append(f" with {len(canceled)} pending descendants")
+    views.show([line])
+
+
+@cli.command()
+@click.argument("promise_id", metavar="ID")
+@json_option
+@common
+def tree(env: Env, promise_id: str, as_json: bool) -> None:
+    """Show the call graph of a run: each promise's function, state, duration and attempt.
+
+    Coloured on a terminal, plain when piped. The attempt and worker of a promise are
+    known while it is pending.
+
+    \b
+    Example:
+      runner tree order-42
+    """
+    data = report.tree(_open(env), promise_id)
+    _emit(data, as_json, views.tree(data))
+
+
+@cli.command()
+@json_option
+@common
+def status(env: Env, as_json: bool) -> None:
+    """Show the supervisor, its workers and what each runs, the queue and counts by state.
+
+    Says so when no supervisor is running (and exits 0: that is a state, not an error).
+
+    \b
+    Example:
+      runner status --store /var/lib/app/.runner
+    """
+    data = gather_status(_open(env), env.store_dir)
+    _emit(data, as_json, views.status(data))

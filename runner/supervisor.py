@@ -7,6 +7,7 @@ guessed) and, when it also waits for a result, on the store's watch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -14,8 +15,10 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from store import DEFAULT_LEASE, PromiseStore, open_store
+from store.interface import Watchable
 
 from .errors import SupervisorRunning
 from .registry import Registry
@@ -108,9 +111,9 @@ class Supervisor:
                 os.close(fd)
             self._pipe = None
 
-    def _wait(self, watch: object | None, deadline: float) -> None:
+    def _wait(self, watch: Watchable | None, deadline: float) -> None:
         assert self._pipe is not None
-        fds: list[object] = [self._pipe[0]] + ([watch] if watch is not None else [])
+        fds: list[Any] = [self._pipe[0]] + ([watch] if watch is not None else [])
         readable, _, _ = select.select(fds, [], [], max(0.0, deadline - time.monotonic()))
         if self._pipe[0] in readable:
             try:
@@ -119,7 +122,7 @@ class Supervisor:
             except BlockingIOError:
                 pass
         if watch is not None and watch in readable:
-            watch.drain()  # type: ignore[attr-defined]
+            watch.drain()
 
     # -- workers -------------------------------------------------------------
 
@@ -193,10 +196,8 @@ class Supervisor:
 
     def _signal_all(self, sig: int) -> None:
         for pid in self.workers:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def _publish(self) -> None:
         self.store.publish_supervisor({

@@ -9,6 +9,7 @@ descriptor, so new work wakes it at once; a short timeout is only a backstop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -36,6 +37,16 @@ _PR_SET_PDEATHSIG = 1
 def owner_id(pid: int) -> str:
     """A claim owner: the pid and its start time, since a pid can be reused."""
     return f"{pid}@{psutil.Process(pid).create_time():.2f}"
+
+
+def fault_rerun_settled(func: str) -> bool:
+    """A test-only fault, never set in production: `RUNNER_TEST_BREAK=rerun-settled[:FUNC]`.
+
+    The worker then runs a sync leaf (every one, or only FUNC) once more after it
+    settled, breaking invariant 1 on purpose so a test can prove `runner chaos` sees it.
+    """
+    name, _, only = os.environ.get("RUNNER_TEST_BREAK", "").partition(":")
+    return name == "rerun-settled" and only in ("", func)
 
 
 def die_with_parent(parent: int) -> None:
@@ -104,10 +115,8 @@ class Worker:
         due = self.store.next_due()
         if due is not None:
             timeout = min(timeout, max(0.0, due - time.time()))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def _heartbeats(self) -> None:
         while True:
@@ -179,6 +188,8 @@ class Worker:
                 self.store.retry(claim.id, claim.counter, delay=delay, error=error_value(exc))
             return
         self._finish(claim, State.RESOLVED, value)
+        if fault_rerun_settled(entry.name) and not entry.is_async:  # a test-only fault
+            await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def _run_workflow(self, claim: Claim, entry: Registered) -> None:
         """Step the workflow until it finishes or waits on a child that has not settled."""

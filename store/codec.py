@@ -8,6 +8,8 @@ one extension type for integers wider than 64 bits.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import struct
 import zlib
 from collections.abc import Iterator
@@ -59,6 +61,29 @@ def check_value(value: Any) -> None:
 def normalize(value: Any) -> Any:
     """The value as every reader of the store will see it (tuples become lists, and so on)."""
     return unpack(pack(value))
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a whole state is built or taken apart.
+
+    Loading 100,000 promises creates about a million containers that all live on, and
+    the collector would walk them again and again: 1.1 s of a 2.7 s open. Nothing
+    built here forms a cycle, so it has nothing to find. On the way out, freeze +
+    unfreeze moves what survived straight into the oldest generation (a list splice),
+    so the first collections after the pause do not walk it all again either; skipped
+    if the program froze objects of its own. Usable as a decorator.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
+        if enabled:
+            gc.enable()
 
 
 def crc(length: int, payload: bytes) -> int:

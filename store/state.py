@@ -10,10 +10,16 @@ one never depends on the clock or on which process applies it. Only the queues
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 
 from .types import Promise, State, Task, TaskState
+
+# Enum lookups by value: State(x) costs ~2 us, a dict ~50 ns, and opening a store of
+# 100,000 promises does it 200,000 times.
+_STATES = {s.value: s for s in State}
+_TASK_STATES = {s.value: s for s in TaskState}
 
 # op codes
 CREATE, SETTLE, CLAIM, HEARTBEAT, RELEASE, WAIT, RELEASE_OWNER = "c", "s", "k", "h", "r", "w", "o"
@@ -40,7 +46,7 @@ class TaskRecord:
 
     @classmethod
     def from_list(cls, f: list[Any]) -> TaskRecord:
-        return cls(TaskState(f[0]), f[1], f[2], f[3], f[4], f[5], tuple(f[6]), f[7], f[8], f[9])
+        return cls(_TASK_STATES[f[0]], f[1], f[2], f[3], f[4], f[5], tuple(f[6]), f[7], f[8], f[9])
 
     def frozen(self, promise_id: str) -> Task:
         return Task(promise_id, self.state, self.counter, self.attempt, self.owner, self.expires_at,
@@ -53,7 +59,7 @@ def promise_to_list(p: Promise) -> list[Any]:
 
 
 def promise_from_list(f: list[Any]) -> Promise:
-    return Promise(f[0], State(f[1]), f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9])
+    return Promise(f[0], _STATES[f[1]], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9])
 
 
 class StoreState:
@@ -61,11 +67,17 @@ class StoreState:
         self.promises: dict[str, Promise] = {}
         self.children: dict[str, list[str]] = {}
         self.tasks: dict[str, TaskRecord] = {}
-        self.ready: dict[str, None] = {}  # claimable now, oldest first
+        # Claimable now, oldest first. An OrderedDict, not a dict: claims take from the front,
+        # and a dict's iterator walks over every slot deleted there until the next resize,
+        # so draining a big fan-out would cost O(claimed so far) per claim.
+        self.ready: OrderedDict[str, None] = OrderedDict()
         self.delayed: list[tuple[float, str]] = []  # (not_before, id); checked when popped
         self.callbacks: dict[str, set[str]] = {}  # awaited id -> ids waiting on it
         self.owned: dict[str, set[str]] = {}  # owner -> ids it holds claims on
-        self.affine: dict[str, set[str]] = {}  # owner -> ready ids it should resume first
+        # owner -> ids of workflows it has in memory, waiting or ready (it resumes the ready first).
+        # FIX (runner e2e): waiting ones are indexed too, so a dead owner's release clears them;
+        # else a workflow woken after its worker died waited AFFINITY_GRACE for the dead worker.
+        self.affine: dict[str, set[str]] = {}
         self.leases: list[tuple[float, str]] = []  # (expires_at, id); checked when popped
         self.timeouts: list[tuple[float, str]] = []  # (timeout, id); checked when popped
 
@@ -76,12 +88,17 @@ class StoreState:
         if code == CREATE:
             self._create(promise_from_list(op[1]), op[2])
         elif code == SETTLE:
-            self._settle(op[1], State(op[2]), op[3], op[4])
+            self._settle(op[1], _STATES[op[2]], op[3], op[4])
         elif code == CLAIM:
             self._claim(op[1], op[2], op[3], op[4])
         elif code == HEARTBEAT:
             for pid in self.owned.get(op[1], ()):
-                self.tasks[pid].expires_at = op[2]
+                task = self.tasks[pid]
+                if task.expires_at is None or op[2] < task.expires_at:
+                    # FIX (store tests): a heartbeat with a shorter lease moves the expiry
+                    # earlier; without its own heap entry it would expire only at the old time.
+                    heapq.heappush(self.leases, (op[2], pid))
+                task.expires_at = op[2]
         elif code == RELEASE:
             self._release(op[1], op[2], op[3], op[4], op[5], op[6])
         elif code == WAIT:
@@ -115,6 +132,8 @@ class StoreState:
         else:
             for awaited in task.awaiting:
                 self.callbacks.setdefault(awaited, set()).add(pid)
+            if task.affinity is not None:
+                self.affine.setdefault(task.affinity, set()).add(pid)
 
     def _enqueue(self, pid: str, task: TaskRecord) -> None:
         if task.not_before > 0:
@@ -176,6 +195,8 @@ class StoreState:
         task.expires_at = None
         for awaited in awaiting:
             self.callbacks.setdefault(awaited, set()).add(pid)
+        if affinity is not None:
+            self.affine.setdefault(affinity, set()).add(pid)
 
     def _release_owner(self, owner: str | None, at: float) -> None:
         owners = [owner] if owner is not None else list(self.owned)
@@ -205,7 +226,7 @@ class StoreState:
         to that worker for `grace` seconds, then anyone may take it.
         """
         self.promote(now)
-        picked = [pid for pid in sorted(self.affine.get(owner, ())) if pid in self.ready][:limit]
+        picked = sorted(pid for pid in self.affine.get(owner, ()) if pid in self.ready)[:limit]
         for pid in self.ready:
             if len(picked) >= limit:
                 break
@@ -216,11 +237,18 @@ class StoreState:
 
     def expired_leases(self, now: float) -> list[str]:
         expired = []
+        seen: set[str] = set()
         while self.leases and self.leases[0][0] <= now:
             _, pid = heapq.heappop(self.leases)
             task = self.tasks.get(pid)
             if task is None or task.state is not TaskState.CLAIMED or task.expires_at is None:
                 continue
+            # FIX (store tests): a task claimed twice has two entries here; both come due
+            # together and once listed the id twice (two RELEASE ops, a duplicate in
+            # expire()'s result). One look per id and pass is enough.
+            if pid in seen:
+                continue
+            seen.add(pid)
             if task.expires_at <= now:
                 expired.append(pid)
             else:

@@ -1,0 +1,446 @@
+"""`runner chaos`: kill a live run at a chosen instant, then judge it from the outbox.
+
+A round starts a real supervisor (`runner start`) as a separate process, creates a
+notify workflow whose channel delays straddle the kill instant, and kills: the workers
+holding the run's claims, the supervisor with all its workers, or whichever process
+first reaches a store failpoint (a SIGKILL inside a store write). It restarts what is
+needed and waits for the run to finish. The verdict comes from evidence the store does
+not control, the outbox, where every delivery attempt leaves a line with pid and time
+(see `chaos_verdict`). While the run goes, the harness watches the store's claims, only
+to draw who ran what, and when.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from store import Promise, PromiseStore, State, StoreError, Task, open_store
+
+from .chaos_verdict import NOTIFY, Evidence, Kill, Report, Seen, Snapshot, judge
+from .errors import RunnerError
+from .invoke import submit
+from .registry import Registry
+
+TARGETS = ("workers", "supervisor")
+CRASH_ENV = "RUNNER_STORE_CRASH_AT"  # store/faults.py: SIGKILL at the N-th hit of a named point
+# Failpoints inside store writes, and how many hits one worker reaches in a short run
+# (measured): the N of `NAME:N` is drawn below that, so the crash lands inside the run.
+FAILPOINTS = {"append.mid": 9, "append.before_sync": 9, "append.after_sync": 9, "locked.hold": 24}
+POLL = 0.05  # seconds: backstop between looks when no store write woke the harness
+UP_TIMEOUT = 20.0  # seconds for a started supervisor to have all its workers
+
+
+class ChaosError(RunnerError):
+    """The harness itself could not run a round (not a verdict on the runner)."""
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*\Z")
+
+
+def parse_duration(text: str) -> float:
+    """`500ms`, `2s`, `1.5s`, `2` (seconds), `1m` -> seconds."""
+    found = _DURATION.match(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 2s, 1.5s)")
+    number, unit = float(found.group(1)), found.group(2) or "s"
+    return number * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one round does: whom it kills, when, and how long each channel takes."""
+
+    target: str  # "workers", "supervisor" or "store-write"
+    kill_after: float  # seconds after the root is created (for store-write: a backstop)
+    delays: dict[str, float]
+    crash_at: str | None = None  # RUNNER_STORE_CRASH_AT for the first supervisor
+    workers: int = 2
+
+    def describe(self, *, long: bool = False) -> str:
+        if self.crash_at:
+            backstop = f" (else the supervisor group at {self.kill_after:.3f} s)" if long else ""
+            return f"store write {self.crash_at}{backstop}"
+        return f"{self.target} at {self.kill_after:.3f} s"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "kill_after": self.kill_after, "delays": self.delays,
+                "crash_at": self.crash_at, "workers": self.workers}
+
+
+def fixed_plan(kill_after: float, target: str, workers: int = 2) -> Plan:
+    """Delays scaled to the kill instant: slack and sms settle before it, email and push are in flight."""
+    share = {"email": 1.25, "sms": 0.25, "slack": 0.1, "push": 1.5}
+    return Plan(target, kill_after, {ch: round(kill_after * f, 3) for ch, f in share.items()}, None, workers)
+
+
+def random_plan(rng: random.Random, index: int, workers: int = 2) -> Plan:
+    """Short delays and a random instant; targets take turns: workers, supervisor, a store write."""
+    delays = {"email": rng.uniform(0.25, 0.6), "sms": rng.uniform(0.1, 0.3),
+              "slack": rng.uniform(0.05, 0.15), "push": rng.uniform(0.3, 0.8)}
+    delays = {ch: round(d, 3) for ch, d in delays.items()}
+    longest = max(delays.values())
+    kind = ("workers", "supervisor", "store-write")[index % 3]
+    if kind == "store-write":
+        point = rng.choice(sorted(FAILPOINTS))
+        crash_at = f"{point}:{rng.randint(1, FAILPOINTS[point])}"
+        # The failpoint is the kill; a group kill near the end is the backstop if it never fires.
+        return Plan(kind, round(longest * 1.05, 3), delays, crash_at, workers)
+    return Plan(kind, round(rng.uniform(0.01, longest * 1.05), 3), delays, None, workers)
+
+
+@dataclass
+class Started:
+    """One `runner start` the harness launched, in a process group of its own."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    launched: float
+    up: float = 0.0
+    workers: dict[int, str] = field(default_factory=dict)  # pid -> claim owner
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 8) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(pids: Sequence[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(gone(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            raise ChaosError(f"processes {sorted(pids)} outlived SIGKILL for {timeout:g} s")
+        time.sleep(0.002)
+
+
+class Round:
+    """One run of the workflow with one kill, observed from outside, then judged."""
+
+    def __init__(self, plan: Plan, number: int, store_dir: Path, workdir: Path, *,
+                 registry: Registry, apps: Sequence[str] = (), workflow: str = "notify_all") -> None:
+        self.plan = plan
+        self.number = number
+        self.store_dir = store_dir
+        self.workdir = workdir
+        self.apps = list(apps)
+        self.registry = registry
+        self.workflow = workflow
+        self.root = f"chaos-{uuid.uuid4().hex[:10]}"
+        self.outbox = workdir / "outbox.jsonl"
+        self.started: list[Started] = []
+        self.seen: dict[tuple[str, int], Seen] = {}
+        self.deaths: dict[int, float] = {}
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+        self._store: PromiseStore | None = None
+
+    @property
+    def store(self) -> PromiseStore:
+        assert self._store is not None
+        return self._store
+
+    def run(self) -> Report:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._store = open_store(str(self.store_dir))
+        watch = self.store.watch()
+        kill: Kill | None = None
+        snapshot: Snapshot | None = None
+        try:
+            first = self._launch(self.plan.crash_at)
+            event = {"order_id": self.root, "delays": self.plan.delays}
+            t0 = self._create(event).created_at
+            try:
+                kill, snapshot = self._kill_phase(first, watch, t0)
+                deadline = time.time() + self._run_budget()
+                if self._observe(watch, deadline) != "done":
+                    budget = self._run_budget()
+                    why = self._why_not()
+                    self.problems.append(f"the run did not finish within {budget:.0f} s of the kill{why}")
+            except StoreError as exc:  # after a crash the store must open and read: invariant 6
+                self.problems.append(f"the store failed after the crash: {exc}")
+            records = self._records()
+            root, children = self._final(event, t0)
+        finally:
+            watch.close()
+            self._stop_all()
+            self.store.close()
+        evidence = Evidence(
+            number=self.number, plan=self.plan, root=root, children=children, event=event, t0=t0,
+            kill=kill, snapshot=snapshot, seen=list(self.seen.values()), deaths=self.deaths,
+            records=records, restarts=[(s.launched, s.up) for s in self.started[1:]],
+            store=str(self.store_dir), workdir=str(self.workdir), problems=self.problems, notes=self.notes,
+            scenario=NOTIFY)
+        return judge(evidence)
+
+    def _final(self, event: dict[str, Any], t0: float) -> tuple[Promise, list[Promise]]:
+        try:
+            root = self.store.get(self.root)
+            if root is not None:
+                return root, self.store.children(self.root)
+            self.problems.append(f"the root promise {self.root} is gone from the store")
+        except StoreError as exc:
+            self.problems.append(f"the store cannot be read after the crash: {exc}")
+        return Promise(self.root, State.PENDING, self.workflow, [event], None, {}, None, t0), []
+
+    # -- the phases ----------------------------------------------------------------
+
+    def _create(self, event: dict[str, Any]) -> Promise:
+        return submit(self.store, self.registry, self.workflow, [event], self.root)
+
+    def _kill_phase(self, first: Started, watch: Any, t0: float) -> tuple[Kill | None, Snapshot | None]:
+        crash = self.plan.crash_at is not None
+        why = self._observe(watch, t0 + self.plan.kill_after, watch_deaths=first)
+        if why == "done":
+            self.notes.append(f"the run finished before the kill ({self.plan.describe()}): nothing killed")
+            return None, None
+        if why.startswith("died:"):
+            victim, when = int(why[5:]), time.time()
+            self.deaths[victim] = when
+            if not crash:
+                self.problems.append(f"process {victim} died on its own before the kill")
+            how = (f"store crash at {self.plan.crash_at} killed pid {victim}; "
+                   "then SIGKILL of the rest of the supervisor group")
+            kill, snapshot = self._kill_group(first, how)
+            kill.victim, kill.victim_at = victim, when
+        elif self.plan.target == "workers":
+            kill, snapshot = self._kill_workers(first)
+            if not kill.pids:
+                self.notes.append(f"at {kill.at - t0:.3f} s no worker held a claim of the run: nobody killed")
+                return None, None
+            self._late(kill.at - t0)
+        else:
+            how = "SIGKILL of the supervisor and all its workers"
+            if crash:
+                how = f"store failpoint {self.plan.crash_at} never fired; {how}"
+            kill, snapshot = self._kill_group(first, how)
+            self._late(kill.at - t0)
+        if kill.group:
+            self._launch(None)
+        return kill, snapshot
+
+    def _late(self, instant: float) -> None:
+        late = instant - self.plan.kill_after
+        if late > 0.05:
+            self.notes.append(f"the kill came {late:.3f} s after the planned {self.plan.kill_after:.3f} s "
+                              "(a busy machine)")
+
+    def _kill_workers(self, sup: Started) -> tuple[Kill, Snapshot]:
+        """SIGKILL the workers holding this run's claims; the supervisor reaps and restarts them."""
+        info = self.store.supervisor() or {}
+        owners = {owner: int(pid) for pid, owner in (info.get("owners") or {}).items()}
+        snapshot = self._snapshot()
+        pids = sorted({owners[o] for o in snapshot.owners.values() if o in owners})
+        at = time.time()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_gone(pids)
+        for pid in pids:
+            self.deaths[pid] = at
+        how = f"SIGKILL of worker{'s' if len(pids) > 1 else ''} {', '.join(map(str, pids))}"
+        return Kill(at=at, pids=pids, how=how, group=False), snapshot
+
+    def _kill_group(self, sup: Started, how: str) -> tuple[Kill, Snapshot]:
+        """SIGKILL the supervisor's whole process group; read the store once all are dead."""
+        info = self.store.supervisor() or {}
+        pids = sorted({sup.proc.pid, *sup.workers, *map(int, info.get("workers") or [])})
+        at = time.time()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sup.proc.pid, signal.SIGKILL)
+        sup.proc.wait()
+        wait_gone(pids)
+        for pid in pids:
+            self.deaths.setdefault(pid, at)
+        return Kill(at=at, pids=pids, how=how, group=True), self._snapshot()
+
+    def _snapshot(self) -> Snapshot:
+        """Which of the run's promises are held, and by whom; which were ever started."""
+        claims = [t for t in self.store.claims() if self._ours(t.id)]
+        owners = {t.id: t.owner for t in claims if t.owner}
+        started = set(owners)
+        for child in self.store.children(self.root):
+            if not child.settled and child.id not in started:
+                task = self.store.task(child.id)
+                if task is not None and task.counter > 0:
+                    started.add(child.id)
+        return Snapshot(owners=owners, started=started)
+
+    def _run_budget(self) -> float:
+        return 20.0 + 4 * (self.plan.kill_after + max(self.plan.delays.values()))
+
+    def _why_not(self) -> str:
+        dead = [s for s in self.started if not s.alive()]
+        if dead:
+            return f"; runner start exited {dead[-1].proc.returncode}: {dead[-1].log_tail()}"
+        return ""
+
+    # -- watching ------------------------------------------------------------------
+
+    def _ours(self, promise_id: str) -> bool:
+        return promise_id == self.root or promise_id.startswith(self.root + ".")
+
+    def _observe(self, watch: Any, until: float, *, watch_deaths: Started | None = None) -> str:
+        """Look at every store write until the root settles ("done"), `until` ("time") or a death."""
+        while True:
+            self._look()
+            root = self.store.get(self.root)
+            if root is not None and root.settled:
+                return "done"
+            if watch_deaths is not None:
+                pids = [watch_deaths.proc.pid, *watch_deaths.workers]
+                victim = next((pid for pid in pids if gone(pid)), None)
+                if victim is not None:
+                    return f"died:{victim}"
+            now = time.time()
+            if now >= until:
+                return "time"
+            watch.wait(min(until - now, POLL))
+
+    def _look(self) -> None:
+        now = time.time()
+        for task in self.store.claims():
+            if self._ours(task.id):
+                self._saw(task, now)
+
+    def _saw(self, task: Task, now: float) -> None:
+        seen = self.seen.get((task.id, task.counter))
+        if seen is None:
+            pid = int((task.owner or "0@").split("@")[0])
+            self.seen[(task.id, task.counter)] = Seen(task.id, task.counter, pid, now, now)
+        else:
+            seen.last = now
+
+    def _records(self) -> list[dict[str, Any]]:
+        """The run's lines of the outbox (format: examples/notify.py, one JSON object a line)."""
+        try:
+            lines = self.outbox.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in lines:
+            with contextlib.suppress(ValueError):  # a line cut by a SIGKILL mid-write: not a send
+                record = json.loads(line)
+                if isinstance(record, dict) and self._ours(str(record.get("promise_id", ""))):
+                    records.append(record)
+        return records
+
+    # -- processes -----------------------------------------------------------------
+
+    def _launch(self, crash_at: str | None) -> Started:
+        """Start `runner start` on the store in a session of its own, and wait for its workers."""
+        cmd = [sys.executable, "-m", "runner", "start", "--workers", str(self.plan.workers),
+               "--store", str(self.store_dir), "--log-level", "info"]
+        for app in self.apps:
+            cmd += ["--app", app]
+        env = dict(os.environ)
+        env["NOTIFY_OUTBOX"] = str(self.outbox)  # outside the store: evidence the store cannot touch
+        env.pop(CRASH_ENV, None)
+        if crash_at:
+            env[CRASH_ENV] = crash_at
+        log = self.workdir / f"supervisor-{len(self.started) + 1}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True)
+        started = Started(proc, log, time.time())
+        self.started.append(started)
+        deadline = time.monotonic() + UP_TIMEOUT
+        while True:
+            info = self.store.supervisor() or {}
+            if info.get("pid") == proc.pid and len(info.get("workers") or ()) >= self.plan.workers:
+                started.up = time.time()
+                started.workers = {int(pid): owner for pid, owner in (info.get("owners") or {}).items()}
+                return started
+            if proc.poll() is not None or time.monotonic() > deadline:
+                reason = f"exited {proc.returncode}" if proc.poll() is not None else "did not come up"
+                if self.started[:-1]:  # a restart after a crash: the runner's fault, not the harness's
+                    self.problems.append(f"runner start after the kill {reason}: {started.log_tail()}")
+                    return started
+                raise ChaosError(f"runner start {reason}: {started.log_tail()}")
+            time.sleep(0.01)
+
+    def _stop_all(self) -> None:
+        """SIGTERM (drain) the live supervisor, then SIGKILL every group we started, and reap."""
+        for started in self.started:
+            if started.alive():
+                started.proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    started.proc.wait(10)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(started.proc.pid, signal.SIGKILL)
+            started.proc.wait()
+
+
+@dataclass
+class Summary:
+    rounds: int = 0
+    kills: int = 0
+    violations: int = 0
+    by_target: dict[str, int] = field(default_factory=dict)
+    first_violation: int | None = None
+
+    def add(self, report: Report) -> None:
+        self.rounds += 1
+        if report.kill is not None and report.kill.pids:
+            self.kills += 1
+            self.by_target[report.plan.target] = self.by_target.get(report.plan.target, 0) + 1
+        if not report.ok:
+            self.violations += 1
+            if self.first_violation is None:
+                self.first_violation = report.number
+
+    def line(self) -> str:
+        kinds = ", ".join(f"{n} {t}" for t, n in sorted(self.by_target.items()))
+        text = f"{self.rounds} rounds, {self.kills} kills ({kinds or 'none'}), {self.violations} violations"
+        if self.first_violation is not None:
+            text += f"; first violation in round {self.first_violation}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "kills": self.kills, "kills_by_target": self.by_target,
+                "violations": self.violations, "first_violation": self.first_violation}
+
+
+def plans(rounds: int, *, kill_after: float, target: str, randomize: bool, seed: int,
+          workers: int = 2) -> Iterator[Plan]:
+    rng = random.Random(seed)
+    for index in range(rounds):
+        yield random_plan(rng, index, workers) if randomize else fixed_plan(kill_after, target, workers)
+
+
+def run_rounds(plan_list: Iterator[Plan], *, workdir: Path, store_dir: Path | None, registry: Registry,
+               apps: Sequence[str] = (), workflow: str = "notify_all",
+               on_report: Callable[[Report], None] = lambda _: None) -> tuple[list[Report], Summary]:
+    """Run every round in turn (each in a fresh store unless one is given)."""
+    reports, summary = [], Summary()
+    for number, plan in enumerate(plan_list, 1):
+        round_dir = workdir / f"round-{number:03d}"
+        store = store_dir if store_dir is not None else round_dir / "store"
+        report = Round(plan, number, store, round_dir, registry=registry, apps=apps, workflow=workflow).run()
+        summary.add(report)
+        reports.append(report)
+        on_report(report)
+    return reports, summary

@@ -1,0 +1,114 @@
+"""Functions for the runner's end-to-end tests: odd values, retries, a branch on a flag.
+
+Loaded by the CLI under test (`RUNNER_APP=...,tests.apps.e2e`); every function leaves its
+trace in a file the test names, so the test can count executions across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from runner import Retry, current, function
+
+if TYPE_CHECKING:
+    from runner.context import Context
+
+BRANCH_ENV = "E2E_BRANCH"  # which path `branchy` takes: "a" (default) or "b"
+
+
+def _trace(path: str, **fields: Any) -> None:
+    """Append one JSON line per execution: O_APPEND and one write, so lines never interleave."""
+    line = {"id": current().id, "attempt": current().attempt, "pid": os.getpid(), **fields}
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (json.dumps(line) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+# -- values the store cannot hold -----------------------------------------------------
+
+
+@function
+def unstorable() -> set[int]:
+    """A leaf whose result is not JSON-like: the run must be rejected, not crash a worker."""
+    return {1, 2, 3}
+
+
+@function
+def echo(value: Any) -> Any:
+    return value
+
+
+@function
+async def spawn_unstorable(ctx: Context) -> Any:
+    """A workflow handing a child an argument that cannot be stored."""
+    return await ctx.run(echo, {1, 2})
+
+
+# -- retries ----------------------------------------------------------------------------
+
+
+@function(retry=Retry(attempts=4, delay=0.05, backoff=1.0))
+def flaky(path: str, failures: int) -> dict[str, int]:
+    """Fails its first `failures` attempts, then succeeds."""
+    _trace(path)
+    attempt = current().attempt
+    if attempt <= failures:
+        raise ConnectionError(f"attempt {attempt} failed")
+    return {"attempt": attempt}
+
+
+@function
+def steady(path: str) -> str:
+    _trace(path)
+    return "steady"
+
+
+@function(retry=Retry(attempts=4, delay=0.05, non_retryable=(PermissionError,)))
+def forbidden(path: str) -> None:
+    """Fails with an error its policy says not to retry."""
+    _trace(path)
+    raise PermissionError("the provider said no")
+
+
+@function
+async def retry_family(ctx: Context, trace_dir: str) -> dict[str, Any]:
+    f_flaky = ctx.run(flaky, f"{trace_dir}/flaky.jsonl", 2)
+    f_steady = ctx.run(steady, f"{trace_dir}/steady.jsonl")
+    f_forbidden = ctx.run(forbidden, f"{trace_dir}/forbidden.jsonl")
+    try:
+        await f_forbidden
+        refused = "not raised"
+    except PermissionError as error:  # the type and message survive the trip through the store
+        refused = f"{type(error).__name__}: {error}"
+    return {"flaky": await f_flaky, "steady": await f_steady, "forbidden": refused}
+
+
+# -- a workflow whose path depends on its environment -----------------------------------
+
+
+@function
+def wait_for_gate(gate: str) -> str:
+    """Blocks until the file `gate` exists (or gives up after a minute)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} never opened")
+        time.sleep(0.01)
+    return "opened"
+
+
+@function
+def skip_gate(gate: str) -> str:
+    return "skipped"
+
+
+@function
+async def branchy(ctx: Context, gate: str) -> str:
+    """Not deterministic on purpose: the first child depends on $E2E_BRANCH."""
+    step = wait_for_gate if os.environ.get(BRANCH_ENV, "a") == "a" else skip_gate
+    return await ctx.run(step, gate)

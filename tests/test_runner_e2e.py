@@ -1,0 +1,210 @@
+"""The runner end to end, as a user meets it: `runner invoke` and `runner start` in real processes.
+
+Fan-out timing, retries, idempotent invokes, deep and wide runs on two workers, and bad
+input. Crashes (SIGKILL of workers and supervisors) are in test_runner_kill_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_support import CHANNELS, Workspace, event, result_of, timed
+from tests.helpers import Spawn, wait_until
+
+FACTORIAL_30 = 265252859812191058636308480000000
+
+
+@pytest.fixture
+def ws(tmp_path: Path, processes: Spawn) -> Iterator[Workspace]:
+    work = tmp_path / "work"
+    work.mkdir()
+    space = Workspace(work, processes)
+    yield space
+    space.close()
+
+
+# -- fan-out ------------------------------------------------------------------------------
+
+
+def test_notify_wall_time_tracks_the_slowest_channel(ws: Workspace) -> None:
+    """Wall time stays under 1.3x the slowest channel (serial would be 1.3 s against 1.0 s)."""
+    ws.start(workers=2)  # already running: process start-up is not part of what we measure
+    trivial, cli_trivial = timed(ws.invoke, "notify_all", event("warm", email=0, sms=0, slack=0, push=0))
+    result_of(trivial)
+
+    done, cli_wall = timed(ws.invoke, "notify_all", event("timed", email=0.1, sms=0.1, slack=0.1, push=1.0),
+                           promise_id="timed")
+    result = result_of(done)
+    root = ws.get("timed")
+    assert root.settled_at is not None
+    wall = root.settled_at - root.created_at  # from the store: creation to settlement of the root
+    slowest, total = result["slowest_ms"] / 1000, result["sum_ms"] / 1000
+    print(f"\nnotify: wall {wall * 1000:.0f} ms (cli {(cli_wall - cli_trivial) * 1000:.0f} ms beyond a "
+          f"trivial invoke), slowest {slowest * 1000:.0f} ms, sum {total * 1000:.0f} ms, "
+          f"ratio {wall / slowest:.3f}")
+    assert result["channels_notified"] == 4
+    assert total >= 1.25, "the channels did not take their delays"
+    assert wall < 1.3 * slowest, f"wall {wall:.3f} s is not near the slowest channel {slowest:.3f} s"
+    assert ws.deliveries() == {channel: 2 for channel in CHANNELS}  # the warm-up and the timed run
+
+
+def test_simulated_push_failure_retries_push_alone(ws: Workspace) -> None:
+    result = result_of(ws.invoke("notify_all", event("o-crash"), True, promise_id="crash"))
+
+    assert result["channels_notified"] == 4
+    assert [r["channel"] for r in result["results"]] == list(CHANNELS)
+    assert ws.deliveries() == {"email": 1, "sms": 1, "slack": 1, "push": 2}
+    pushes = [line for line in ws.sends() if line["channel"] == "push"]
+    assert [line["attempt"] for line in pushes] == [1, 2]
+    # The idempotency key a provider would see is the promise id, the same on every attempt.
+    keys = {r["channel"]: r["idempotency_key"] for r in result["results"]}
+    assert keys == {channel: f"crash.{i}" for i, channel in enumerate(CHANNELS)}
+    assert all(line["promise_id"] == keys[line["channel"]] for line in ws.sends())
+
+
+def test_invoking_one_id_twice_runs_it_once(ws: Workspace) -> None:
+    """A second invoke attaches to the run in flight; a third returns the stored result at once."""
+    args = ["invoke", "notify_all", "--json", "--id", "order-7", "--arg", json.dumps(event("o-7", push=1.0))]
+    first = ws.background(*args, name="first")  # runs the embedded supervisor
+    wait_until(lambda: ws.store_dir.exists() and ws.store.get("order-7") is not None, timeout=20,
+               message=lambda: f"root never created: {ws.stderr('first')}")
+    second = result_of(ws.cli(*args))
+    out, _ = first.communicate(timeout=60)
+    assert first.returncode == 0, ws.stderr("first")
+    third_run, third_wall = timed(ws.cli, *args)
+    third = result_of(third_run)
+
+    assert json.loads(out) == second == third
+    assert third_wall < 1.0, f"the stored result took {third_wall:.2f} s: push (1 s) ran again?"
+    assert ws.deliveries() == {channel: 1 for channel in CHANNELS}
+
+
+def test_an_existing_id_running_another_function_is_refused(ws: Workspace) -> None:
+    result_of(ws.invoke("factorial", 3, promise_id="taken"))
+    done = ws.invoke("fanout", ["email"], "hi", promise_id="taken")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "runner: error: promise 'taken' exists and runs 'factorial', not 'fanout'"
+    assert ws.get("taken").value == 6
+
+
+# -- depth and width on two workers: a waiting workflow holds no worker -------------------
+
+
+def test_factorial_30_nests_30_workflows_on_two_single_slot_workers(ws: Workspace) -> None:
+    done = ws.invoke("factorial", 30, promise_id="fact", extra=("--workers", "2", "--concurrency", "1"))
+
+    assert result_of(done) == FACTORIAL_30
+    deepest = ws.get("fact" + ".0" * 29)
+    assert (deepest.func, deepest.args, deepest.value) == ("factorial", [1], 1)
+    assert ws.store.children(deepest.id) == []
+
+
+def test_fan_out_of_1000_on_two_single_slot_workers(ws: Workspace) -> None:
+    items = [{"id": i, "data": f"item-{i}"} for i in range(1000)]
+    done, wall = timed(ws.invoke, "fan_out_fan_in", items, promise_id="wide",
+                       extra=("--workers", "2", "--concurrency", "1"))
+
+    result = result_of(done)
+    print(f"\nfan-out of 1000: {wall:.2f} s for the whole invoke")
+    assert result == [{"id": i, "output": f"Processed: item-{i} (item #{i})"} for i in range(1000)]
+    children = ws.store.children("wide")
+    assert [c.id for c in children] == [f"wide.{i}" for i in range(1000)]
+    assert all(c.state == "resolved" for c in children)
+
+
+def test_fanout_dispatches_by_registered_name(ws: Workspace) -> None:
+    channels = ["email", "sms", "slack", "push", "webhook"]
+    result = result_of(ws.invoke("fanout", channels, "ship it", promise_id="rpc"))
+
+    assert result == {"delivered": [{"channel": c, "ok": True} for c in channels]}
+    assert [(c.func, c.args[0]["channel"]) for c in ws.store.children("rpc")] == [
+        ("send", c) for c in channels]
+
+
+# -- retries ---------------------------------------------------------------------------------
+
+
+def test_a_failing_leaf_retries_by_its_policy_and_its_siblings_run_once(ws: Workspace) -> None:
+    traces = ws.root / "traces"
+    traces.mkdir()
+    result = result_of(ws.invoke("retry_family", str(traces), promise_id="fam"))
+
+    def attempts(name: str) -> list[int]:
+        lines = (traces / f"{name}.jsonl").read_text().splitlines()
+        return [json.loads(line)["attempt"] for line in lines]
+
+    assert result == {"flaky": {"attempt": 3}, "steady": "steady",
+                      "forbidden": "PermissionError: the provider said no"}
+    assert attempts("flaky") == [1, 2, 3]  # failed twice, then succeeded
+    assert attempts("steady") == [1]  # its sibling ran once
+    assert attempts("forbidden") == [1]  # a non-retryable error is not retried
+    assert ws.get("fam.2").value == {"type": "PermissionError", "message": "the provider said no"}
+
+
+# -- bad input: one line on stderr, the documented exit code, nothing written elsewhere ----
+
+
+BAD_INPUT = {
+    "unknown function": (["invoke", "no_such_function"], 2, "unknown function 'no_such_function'"),
+    "non-JSON --arg": (["invoke", "factorial", "--arg", "{oops"], 2, "--arg #1 is not valid JSON"),
+    "id of a child's form": (["invoke", "factorial", "--arg", "3", "--id", "order.3"], 2,
+                             "the form reserved for child promises"),
+    "2000-byte id": (["invoke", "factorial", "--arg", "3", "--id", "x" * 2000], 2, "at most 1024 bytes"),
+    "empty id": (["invoke", "factorial", "--arg", "3", "--id", ""], 2, "non-empty string"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_line_and_exit_2(ws: Workspace, case: str) -> None:
+    argv, code, message = BAD_INPUT[case]
+    done = ws.cli(*argv)
+
+    assert done.returncode == code, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.startswith("runner: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr
+    assert ws.files_outside_store() == []
+    if ws.store_dir.exists():
+        assert ws.store.search().items == []
+
+
+@pytest.mark.parametrize("kind", ["a regular file", "a directory of something else"])
+def test_a_store_path_that_is_not_a_store_is_exit_3(ws: Workspace, kind: str) -> None:
+    if kind == "a regular file":
+        ws.store_dir.write_text("mine\n")
+    else:
+        ws.store_dir.mkdir()
+        (ws.store_dir / "notes.txt").write_text("mine\n")
+    done = ws.cli("invoke", "factorial", "--arg", "3")
+
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.startswith("runner: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_hostile_ids_are_stored_inside_the_store(ws: Workspace) -> None:
+    hostile = ["../x", "../../etc/passwd", "/tmp/absolute", "a/b\\c", "line\nbreak", "ünï cødé ✓"]
+    for promise_id in hostile:
+        assert result_of(ws.invoke("factorial", 3, promise_id=promise_id)) == 6
+    assert ws.files_outside_store() == []
+    assert not (ws.root.parent / "x").exists()
+    for promise_id in hostile:
+        assert ws.get(promise_id).value == 6
+        assert ws.get(f"{promise_id}.0").parent == promise_id
+
+
+@pytest.mark.parametrize("func", ["unstorable", "spawn_unstorable"])
+def test_a_value_that_cannot_be_stored_rejects_the_run(ws: Workspace, func: str) -> None:
+    """A leaf returning a set, or a workflow passing one to a child: rejected, with the reason."""
+    done = ws.invoke(func, promise_id="odd")
+
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    error = json.loads(done.stdout)
+    assert error["type"] == "NotSerializable"
+    assert "cannot store a value of type set" in error["message"]
+    assert ws.get("odd").state == "rejected"
