@@ -4,8 +4,8 @@ The text views and `--json` print the same dicts, so the JSON shapes documented 
 README.md are exactly what these functions return. Times are Unix seconds (floats);
 durations are seconds, rounded to the millisecond.
 
-The store keeps a task (attempt, owner) only while a promise is pending, so the
-attempt of a settled promise is unknown here and reported as null.
+A pending promise's attempt and worker come from its task; a settled promise
+records the attempt that settled it (null when no worker ever ran it).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def owner_pid(owner: str | None) -> int | None:
 
 def summary(p: Promise, now: float) -> dict[str, Any]:
     return {"id": p.id, "state": p.state.value, "func": p.func, "parent": p.parent,
-            "created_at": p.created_at, "settled_at": p.settled_at, "duration": duration(p, now)}
+            "created_at": p.created_at, "settled_at": p.settled_at, "duration": duration(p, now),
+            "attempt": p.attempt or None}
 
 
 def task_info(task: Task | None) -> dict[str, Any] | None:
@@ -78,7 +79,8 @@ def node(p: Promise, task: Task | None, now: float) -> dict[str, Any]:
     """One promise of a call graph: what it runs, where it stands, how long it took."""
     info = summary(p, now)
     del info["parent"]
-    info.update({"task": task.state.value if task else None, "attempt": task.attempt if task else None,
+    info.update({"task": task.state.value if task else None,
+                 "attempt": task.attempt if task else p.attempt or None,
                  "worker_pid": owner_pid(task.owner) if task else None, "error": _error(p)})
     return info
 

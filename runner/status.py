@@ -2,8 +2,8 @@
 
 Process figures come from psutil. A worker is matched to its claims by owner
 ("<pid>@<start time>"), so a recycled pid is never mistaken for the worker.
-The store does not record when a claim was taken: `running_for` counts from the
-promise's creation, and `expires_in` is the time left on the lease.
+`running_for` counts from when the current claim was taken, and `expires_in`
+is the time left on the lease.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _usage(proc: psutil.Process | None) -> dict[str, Any]:
 def _claim(store: PromiseStore, task: Task, now: float) -> dict[str, Any]:
     p = store.get(task.id, fresh=False)  # claims() just caught up with the store
     return {"id": task.id, "func": p.func if p else None, "attempt": task.attempt,
-            "running_for": round(now - p.created_at, 3) if p else None,
+            "running_for": round(now - task.claimed_at, 3) if task.claimed_at is not None else None,
             "expires_in": round(task.expires_at - now, 3) if task.expires_at is not None else None}
 
 

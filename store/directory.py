@@ -1,15 +1,8 @@
 """The directory store: the embedded, default implementation of the store interface.
 
-Layout::
-
-    STORE/
-      FORMAT      format name and version (created once, never replaced)
-      lock        flock'ed around every read and write of the log (never unlinked)
-      snapshot    the whole state up to the start of one log segment (atomic replace)
-      log/NNNNNNNN.seg   append-only frames; each frame is one atomic batch of operations
-
 A change is built under the lock from a state that has caught up with the log,
 appended as one frame, fdatasync'd, and only then applied and acknowledged.
+What the directory holds is described in layout.py.
 """
 
 from __future__ import annotations
@@ -23,22 +16,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from filelock import lock_descriptor, unlock_descriptor
-
 from . import codec, faults
 from .errors import (
     CorruptStore,
-    InvalidId,
     NotFound,
     NotSerializable,
     StaleClaim,
     StoreError,
-    StoreFormatError,
     StoreIOError,
-    StoreUnavailable,
 )
-from .fsutil import DIR_MODE, FILE_MODE, create_once, io_error, sync_dir, write_replace
+from .fsutil import DIR_MODE, io_error, write_replace
+from .layout import check_id, leftover_temp, prepare_dir
 from .log import Log, Overtaken, segment_name
+from .presence import SupervisorPresence
 from .state import (
     CLAIM,
     CREATE,
@@ -50,73 +40,13 @@ from .state import (
     StoreState,
     promise_to_list,
 )
-from .types import MAX_ID_BYTES, Claim, NewPromise, Page, Promise, State, Stats, Task, TaskState
+from .types import Claim, NewPromise, Page, Promise, State, Stats, Task, TaskState
 from .watch import Watch
 
-FORMAT_NAME = "fanout-runner-store"
-FORMAT_VERSION = 1
 DEFAULT_LEASE = 30.0  # seconds; heartbeats extend it, a seen death releases at once
 AFFINITY_GRACE = 1.0  # seconds a woken workflow waits for the worker that has it in memory
 SEGMENT_BYTES = 8 << 20  # past this, the state is snapshotted and older segments dropped
-_KNOWN = {"FORMAT", "lock", "snapshot", "log", "supervisor.lock", "outbox.jsonl"}
 _log = logging.getLogger(__name__)
-
-
-def _leftover_temp(name: str, stem: str) -> bool:
-    """A temporary file of fsutil's atomic writes (`.STEM.PID.tmp`) left by a crash."""
-    return name.startswith(f".{stem}.") and name.endswith(".tmp")
-
-
-def check_id(promise_id: Any) -> str:
-    """Ids are stored as data, never as paths; only their size and type are limited."""
-    if not isinstance(promise_id, str) or not promise_id:
-        raise InvalidId(f"a promise id must be a non-empty string, got {promise_id!r}")
-    try:
-        size = len(promise_id.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidId("a promise id must be valid UTF-8 text") from None
-    if size > MAX_ID_BYTES:
-        raise InvalidId(f"a promise id may be at most {MAX_ID_BYTES} bytes of UTF-8, got {size}")
-    return promise_id
-
-
-def _format_bytes() -> bytes:
-    return codec.pack({"format": FORMAT_NAME, "version": FORMAT_VERSION})
-
-
-def _prepare_dir(root: Path) -> None:
-    """Create the store directory, or check that an existing one is ours and usable."""
-    try:
-        root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    except FileExistsError:
-        raise StoreUnavailable(f"store path {root} exists and is not a directory") from None
-    except OSError as exc:
-        raise StoreUnavailable(f"cannot create store directory {root}: {exc.strerror}") from None
-    if not root.is_dir():
-        raise StoreUnavailable(f"store path {root} is not a directory")
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise StoreUnavailable(f"store directory {root} is not writable")
-    fmt = root / "FORMAT"
-    if not fmt.exists():
-        # A crash while creating FORMAT leaves its temporary file: still an empty store.
-        strangers = {n for n in os.listdir(root) if not _leftover_temp(n, "FORMAT")} - _KNOWN
-        if strangers:
-            raise StoreFormatError(f"{root} is not a runner store (it holds {sorted(strangers)[0]!r})")
-        try:
-            (root / "log").mkdir(mode=DIR_MODE, exist_ok=True)
-            create_once(fmt, _format_bytes())  # its fsync of root also keeps log/'s name
-            sync_dir(root.resolve().parent)  # and the store directory's own name
-        except OSError as exc:
-            raise io_error(exc, f"creating store {root}") from None
-    try:
-        found = codec.unpack(fmt.read_bytes())
-    except Exception:
-        raise StoreFormatError(f"{root}/FORMAT is not a runner store format file") from None
-    if not isinstance(found, dict) or found.get("format") != FORMAT_NAME:
-        raise StoreFormatError(f"{root} is not a runner store")
-    if found.get("version") != FORMAT_VERSION:
-        raise StoreFormatError(
-            f"{root} is a store of format version {found.get('version')}; this runner reads {FORMAT_VERSION}")
 
 
 class DirStore:
@@ -125,11 +55,12 @@ class DirStore:
     def __init__(self, root: str | os.PathLike[str], *, lease: float = DEFAULT_LEASE) -> None:
         self.root = Path(root)
         self.lease = lease
-        _prepare_dir(self.root)
+        prepare_dir(self.root)
         (self.root / "log").mkdir(mode=DIR_MODE, exist_ok=True)
         self._mutex = threading.RLock()
         self._log = Log(self.root)
-        self._supervisor_fd: int | None = None
+        self._presence = SupervisorPresence(self.root)
+        self._snapshot_bytes = 0
         self._pid = os.getpid()  # see _locked: a handle must not cross a fork
         self._closed = False
         self.state = StoreState()
@@ -167,7 +98,7 @@ class DirStore:
                 raise CorruptStore(str(self._log.dir / segment_name(expected)), 0,
                                    f"missing log segment (segment {number} follows)")
         for name in os.listdir(self.root):
-            if _leftover_temp(name, "snapshot"):  # a crash mid-compaction; nobody writes it now
+            if leftover_temp(name, "snapshot"):  # a crash mid-compaction; nobody writes it now
                 with contextlib.suppress(OSError):
                     os.unlink(self.root / name)
         self._log.start_at(start)
@@ -179,6 +110,7 @@ class DirStore:
         found = codec.read_frame(data, 0)
         if found is None or found[1] != len(data):
             raise CorruptStore(str(path), 0, "snapshot checksum mismatch")
+        self._snapshot_bytes = len(data)
         segment, body = codec.unpack(found[0])
         return segment, StoreState.from_snapshot(body)
 
@@ -221,7 +153,9 @@ class DirStore:
         self._log.append(payload)
         for op in decoded:  # apply exactly what every other process will read
             self.state.apply(op)
-        if self._log.offset > SEGMENT_BYTES:
+        # Compacting rewrites the whole state: wait until the log is at least as big as
+        # the last snapshot, so a large store is not rewritten every few megabytes.
+        if self._log.offset > max(SEGMENT_BYTES, self._snapshot_bytes):
             try:
                 self._compact()
             except (OSError, StoreIOError) as exc:
@@ -234,11 +168,12 @@ class DirStore:
         """Snapshot the state, continue in a new segment, drop what the snapshot covers."""
         segment = self._log.rotate()
         faults.crash_point("compact.after_rotate")
-        body = codec.pack([segment, self.state.to_snapshot()])
+        data = codec.frame(codec.pack([segment, self.state.to_snapshot()]))
         try:
-            write_replace(self.root / "snapshot", codec.frame(body))
+            write_replace(self.root / "snapshot", data)
         except OSError as exc:
             raise io_error(exc, "writing a snapshot") from None
+        self._snapshot_bytes = len(data)
         faults.crash_point("compact.after_snapshot")
         self._log.remove_below(segment)
 
@@ -259,63 +194,21 @@ class DirStore:
             return
         self._closed = True
         self._log.close()
-        if self._supervisor_fd is not None:
-            os.close(self._supervisor_fd)
-            self._supervisor_fd = None
+        self._presence.close()
 
     # -- the one supervisor ---------------------------------------------------------
 
     def lock_supervisor(self) -> bool:
-        """Become the store's one supervisor, if none is running; held until close().
-
-        The kernel drops the flock when its holder dies, so a SIGKILLed supervisor
-        never keeps the next one out.
-        """
-        if self._supervisor_fd is not None:
-            return True
-        fd = os.open(self.root / "supervisor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        if not lock_descriptor(fd, blocking=False):
-            os.close(fd)
-            return False
-        self._supervisor_fd = fd
-        return True
+        return self._presence.acquire()
 
     def unlock_supervisor(self) -> None:
-        if self._supervisor_fd is not None:
-            os.ftruncate(self._supervisor_fd, 0)
-            unlock_descriptor(self._supervisor_fd)
-            os.close(self._supervisor_fd)
-            self._supervisor_fd = None
+        self._presence.release()
 
     def publish_supervisor(self, info: dict[str, Any]) -> None:
-        """Describe the running supervisor for `runner status` (not durable: it is live state)."""
-        assert self._supervisor_fd is not None, "not the supervisor"
-        data = codec.pack(info)
-        os.ftruncate(self._supervisor_fd, 0)
-        os.pwrite(self._supervisor_fd, data, 0)
+        self._presence.publish(info)
 
     def supervisor(self) -> dict[str, Any] | None:
-        """The running supervisor's description, or None when no supervisor runs."""
-        if self._supervisor_fd is not None:
-            fd = self._supervisor_fd
-        else:
-            try:
-                fd = os.open(self.root / "supervisor.lock", os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return None
-        try:
-            if fd != self._supervisor_fd and lock_descriptor(fd, blocking=False):
-                unlock_descriptor(fd)
-                return None
-            data = os.pread(fd, 1 << 20, 0)
-        finally:
-            if fd != self._supervisor_fd:
-                os.close(fd)
-        try:
-            info = codec.unpack(data)
-        except Exception:
-            info = None
-        return info if isinstance(info, dict) else {}
+        return self._presence.describe()
 
     # -- promises -----------------------------------------------------------------
 
@@ -405,9 +298,9 @@ class DirStore:
         now = time.time() if now is None else now
         expires = now + (self.lease if lease is None else lease)
         with self._locked():
-            picked = self.state.claimable(owner, now, limit, AFFINITY_GRACE)
+            picked = self.state.claimable(owner, now, max(0, limit), AFFINITY_GRACE)
             tasks = self.state.tasks
-            self._commit([[CLAIM, pid, owner, tasks[pid].counter + 1, expires] for pid in picked])
+            self._commit([[CLAIM, pid, owner, tasks[pid].counter + 1, expires, now] for pid in picked])
             return [Claim(self.state.promises[pid], tasks[pid].counter, tasks[pid].attempt, owner, expires)
                     for pid in picked]
 
@@ -460,10 +353,16 @@ class DirStore:
         Returns False, keeping the claim, when something awaited has settled already:
         the caller goes on at once instead of waiting for a wake-up that already happened.
         """
+        if not awaiting:
+            raise ValueError("suspend needs at least one promise to await")
         now = time.time() if now is None else now
         with self._locked():
             self._fenced(promise_id, counter)
             ops = self._create_ops(creates, now)
+            created = {new.id for new in creates}
+            unknown = [a for a in awaiting if a not in self.state.promises and a not in created]
+            if unknown:
+                raise NotFound(unknown[0])  # waiting on it would wait forever
             settled = any(self.state.promises[a].settled for a in awaiting
                           if a in self.state.promises)
             if not settled:

@@ -28,38 +28,39 @@ CREATE, SETTLE, CLAIM, HEARTBEAT, RELEASE, WAIT, RELEASE_OWNER = "c", "s", "k", 
 class TaskRecord:
     """A task's mutable state inside the machine; callers only see frozen Task copies."""
 
-    __slots__ = ("affinity", "attempt", "awaiting", "counter", "expires_at", "last_error",
+    __slots__ = ("affinity", "attempt", "awaiting", "claimed_at", "counter", "expires_at", "last_error",
                  "not_before", "owner", "ready_since", "state")
 
     def __init__(self, state: TaskState = TaskState.READY, counter: int = 0, attempt: int = 1,
                  owner: str | None = None, expires_at: float | None = None, not_before: float = 0.0,
                  awaiting: tuple[str, ...] = (), affinity: str | None = None,
-                 last_error: Any = None, ready_since: float = 0.0) -> None:
+                 last_error: Any = None, ready_since: float = 0.0, claimed_at: float | None = None) -> None:
         self.state, self.counter, self.attempt = state, counter, attempt
         self.owner, self.expires_at, self.not_before = owner, expires_at, not_before
         self.awaiting, self.affinity, self.last_error = awaiting, affinity, last_error
-        self.ready_since = ready_since
+        self.ready_since, self.claimed_at = ready_since, claimed_at
 
     def to_list(self) -> list[Any]:
         return [self.state.value, self.counter, self.attempt, self.owner, self.expires_at,
-                self.not_before, list(self.awaiting), self.affinity, self.last_error, self.ready_since]
+                self.not_before, list(self.awaiting), self.affinity, self.last_error, self.ready_since,
+                self.claimed_at]
 
     @classmethod
     def from_list(cls, f: list[Any]) -> TaskRecord:
-        return cls(_TASK_STATES[f[0]], f[1], f[2], f[3], f[4], f[5], tuple(f[6]), f[7], f[8], f[9])
+        return cls(_TASK_STATES[f[0]], f[1], f[2], f[3], f[4], f[5], tuple(f[6]), f[7], f[8], f[9], f[10])
 
     def frozen(self, promise_id: str) -> Task:
         return Task(promise_id, self.state, self.counter, self.attempt, self.owner, self.expires_at,
-                    self.not_before, self.awaiting, self.affinity, self.last_error)
+                    self.not_before, self.awaiting, self.affinity, self.last_error, self.claimed_at)
 
 
 def promise_to_list(p: Promise) -> list[Any]:
     return [p.id, p.state.value, p.func, p.args, p.parent, p.tags, p.timeout, p.created_at,
-            p.settled_at, p.value]
+            p.settled_at, p.value, p.attempt]
 
 
 def promise_from_list(f: list[Any]) -> Promise:
-    return Promise(f[0], _STATES[f[1]], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9])
+    return Promise(f[0], _STATES[f[1]], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10])
 
 
 class StoreState:
@@ -90,7 +91,7 @@ class StoreState:
         elif code == SETTLE:
             self._settle(op[1], _STATES[op[2]], op[3], op[4])
         elif code == CLAIM:
-            self._claim(op[1], op[2], op[3], op[4])
+            self._claim(op[1], op[2], op[3], op[4], op[5])
         elif code == HEARTBEAT:
             for pid in self.owned.get(op[1], ()):
                 task = self.tasks[pid]
@@ -160,8 +161,9 @@ class StoreState:
         p = self.promises[pid]
         if p.settled:
             return
-        self.promises[pid] = replace(p, state=state, value=value, settled_at=at)
         task = self.tasks.pop(pid, None)
+        attempt = 0 if task is None or task.counter == 0 else task.attempt
+        self.promises[pid] = replace(p, state=state, value=value, settled_at=at, attempt=attempt)
         if task is not None:
             self._unqueue(pid, task)
         for waiter in sorted(self.callbacks.pop(pid, ())):
@@ -173,10 +175,11 @@ class StoreState:
                 wtask.not_before = 0.0
                 self._enqueue(waiter, wtask)
 
-    def _claim(self, pid: str, owner: str, counter: int, expires_at: float) -> None:
+    def _claim(self, pid: str, owner: str, counter: int, expires_at: float, at: float) -> None:
         task = self.tasks[pid]
         self._unqueue(pid, task)
         task.state, task.owner, task.counter, task.expires_at = TaskState.CLAIMED, owner, counter, expires_at
+        task.claimed_at = at
         self.owned.setdefault(owner, set()).add(pid)
         heapq.heappush(self.leases, (expires_at, pid))
 

@@ -47,6 +47,7 @@ class Promise:
     created_at: float
     settled_at: float | None = None
     value: Any = None  # the result when resolved, an error mapping when rejected
+    attempt: int = 0  # the attempt that settled it (0: never run by a worker)
 
     @property
     def settled(self) -> bool:
@@ -80,6 +81,7 @@ class Task:
     awaiting: tuple[str, ...]
     affinity: str | None
     last_error: Any
+    claimed_at: float | None  # when the current claim was taken
 
 
 @dataclass(frozen=True, slots=True)

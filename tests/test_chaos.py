@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ def test_a_runner_that_reruns_a_settled_branch_is_caught() -> None:
     assert all(by[name]["problems"] == [] for name in ("email", "sms", "push"))
     assert report["violations"] and all(v.startswith("slack ") for v in report["violations"])
     assert report["kept"] and Path(report["kept"]).is_dir()  # the evidence is kept for a look
+    shutil.rmtree(report["kept"])
 
 
 def test_the_broken_runner_is_named_in_the_terminal_report() -> None:
@@ -98,6 +100,9 @@ def test_the_broken_runner_is_named_in_the_terminal_report() -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"^sms \.1 .*VIOLATION: executed after it settled", result.stdout, re.M), result.stdout
     assert "FAIL: " in result.stdout and "! = send after it settled" in result.stdout
+    kept = re.search(r"kept in (\S+)$", result.stdout, re.M)
+    assert kept is not None
+    shutil.rmtree(kept.group(1))
 
 
 def test_bad_usage_exits_2() -> None:

@@ -23,7 +23,7 @@ from tests.helpers import REPO_ROOT, Spawn, cli_env, run_cli, runner_cmd, wait_u
 APPS = "examples.notify,examples.approval"
 ENV = {"RUNNER_APP": APPS}
 FAST = {"email": 0.05, "sms": 0.05, "slack": 0.05, "push": 0.05}
-SUMMARY_KEYS = {"id", "state", "func", "parent", "created_at", "settled_at", "duration"}
+SUMMARY_KEYS = {"id", "state", "func", "parent", "created_at", "settled_at", "duration", "attempt"}
 DETAIL_KEYS = SUMMARY_KEYS | {"args", "tags", "timeout", "value", "error", "children", "task"}
 TASK_KEYS = {"state", "attempt", "counter", "owner", "worker_pid", "expires_at", "not_before", "awaiting",
              "last_error"}

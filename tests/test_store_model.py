@@ -84,8 +84,9 @@ class StoreModel(RuleBasedStateMachine):
         p = self.promises[pid]
         if p.settled:
             return
-        self.promises[pid] = replace(p, state=state, value=value, settled_at=self.now)
-        self.tasks.pop(pid, None)
+        task = self.tasks.pop(pid, None)
+        attempt = task.attempt if task is not None and task.counter > 0 else 0  # the attempt that ran
+        self.promises[pid] = replace(p, state=state, value=value, settled_at=self.now, attempt=attempt)
         for t in self.tasks.values():
             if t.state is TaskState.WAITING and pid in t.awaiting:  # woken once: awaiting is cleared
                 event("a settle woke a waiting task")
@@ -294,8 +295,17 @@ class StoreModel(RuleBasedStateMachine):
                 awaiting = [f"{pid}.w"]
                 news.append(NewPromise(f"{pid}.w", "ext", [], pid, {}, self.now + 5.0, False))
         counter = self._counter(pid, delta)
+        if not awaiting:
+            with pytest.raises(ValueError):
+                self.handles[h].suspend(pid, counter, awaiting, now=self.now, creates=news, affinity=affinity)
+            return
         if self._stale(pid, counter):
             with pytest.raises(StaleClaim):
+                self.handles[h].suspend(pid, counter, awaiting, now=self.now, creates=news, affinity=affinity)
+            return
+        known = set(self.promises) | {n.id for n in news}
+        if any(a not in known for a in awaiting):  # waiting on it would wait forever: refused
+            with pytest.raises(NotFound):
                 self.handles[h].suspend(pid, counter, awaiting, now=self.now, creates=news, affinity=affinity)
             return
         waits = self.handles[h].suspend(pid, counter, awaiting, now=self.now, creates=news, affinity=affinity)
