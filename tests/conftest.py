@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from tests.e2e_support import Workspace
 from tests.helpers import Spawn, cli_env, kill_group
 
 # Process tests are slow per example and timing varies on a loaded 2-core machine:
@@ -59,3 +60,13 @@ def processes() -> Iterator[Spawn]:
 def store_dir(tmp_path: Path) -> Path:
     """A store path under tmp_path that does not exist yet: the store creates it."""
     return tmp_path / "store"
+
+
+@pytest.fixture
+def ws(tmp_path: Path, processes: Spawn) -> Iterator[Workspace]:
+    """A workspace for end-to-end runs: a store, an outbox, CLI helpers, reaped processes."""
+    work = tmp_path / "work"
+    work.mkdir()
+    space = Workspace(work, processes)
+    yield space
+    space.close()

@@ -7,24 +7,13 @@ input. Crashes (SIGKILL of workers and supervisors) are in test_runner_kill_e2e.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.e2e_support import CHANNELS, Workspace, event, result_of, timed
-from tests.helpers import Spawn, wait_until
+from tests.helpers import wait_until
 
 FACTORIAL_30 = 265252859812191058636308480000000
-
-
-@pytest.fixture
-def ws(tmp_path: Path, processes: Spawn) -> Iterator[Workspace]:
-    work = tmp_path / "work"
-    work.mkdir()
-    space = Workspace(work, processes)
-    yield space
-    space.close()
 
 
 # -- fan-out ------------------------------------------------------------------------------

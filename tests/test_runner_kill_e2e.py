@@ -10,25 +10,14 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e_support import CHANNELS, Workspace, event, gone, owner_pid, result_of
-from tests.helpers import Spawn, kill_group, wait_until
+from tests.helpers import kill_group, wait_until
 
 PUSH = 1.5  # seconds push takes: long enough to be killed mid-flight, short enough to wait for
-
-
-@pytest.fixture
-def ws(tmp_path: Path, processes: Spawn) -> Iterator[Workspace]:
-    work = tmp_path / "work"
-    work.mkdir()
-    space = Workspace(work, processes)
-    yield space
-    space.close()
 
 
 def submit_notify(ws: Workspace, root: str) -> None:
