@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from store import Claim, PromiseStore, StaleClaim, State, StoreError, StoreIOError, check_value
+from store import Claim, Completion, PromiseStore, StaleClaim, State, StoreError, StoreIOError, check_value
 
 from .context import Context, Current, error_value, set_current
 from .errors import NonDeterminism, RunnerError
@@ -71,6 +71,7 @@ class Worker:
         self.draining = False
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="leaf")
         self._wake: asyncio.Event | None = None
+        self._batch: list[tuple[Completion, asyncio.Future[None]]] = []
 
     # -- the loop ------------------------------------------------------------
 
@@ -156,12 +157,35 @@ class Worker:
             os._exit(3)
 
     def _finish(self, claim: Claim, state: State, value: Any, creates: list[Any] | None = None) -> None:
-        try:
-            check_value(value)
-        except StoreError as exc:
-            state, value = State.REJECTED, {"type": "NotSerializable", "message": str(exc)}
+        state, value = _storable(state, value)
         self.store.complete(claim.id, claim.counter, state, value, creates=creates or ())
         log.debug("%s: %s", claim.id, state.value)
+
+    async def _finish_leaf(self, claim: Claim, state: State, value: Any) -> None:
+        """Complete a leaf with the others finishing in this turn of the loop: one frame, one fsync.
+
+        The leaf's task lives until its result is durable, so a drain waits for it.
+        """
+        state, value = _storable(state, value)
+        done = asyncio.get_running_loop().create_future()
+        self._batch.append((Completion(claim.id, claim.counter, state, value), done))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        await done
+        log.debug("%s: %s", claim.id, state.value)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        outcomes: list[Any]
+        try:
+            outcomes = self.store.complete_many([item for item, _ in batch])
+        except StoreError as exc:
+            outcomes = [exc] * len(batch)
+        for (_, done), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, StoreError):
+                done.set_exception(outcome)
+            else:
+                done.set_result(None)
 
     async def _run_leaf(self, claim: Claim, entry: Registered) -> None:
         info = Current(claim.id, claim.attempt, claim.promise.func, self.store_dir)
@@ -182,12 +206,12 @@ class Worker:
         except Exception as exc:
             delay = entry.retry.next_delay(claim.attempt, exc)
             if delay is None:
-                self._finish(claim, State.REJECTED, error_value(exc))
+                await self._finish_leaf(claim, State.REJECTED, error_value(exc))
             else:
                 log.info("%s: attempt %d failed (%s), retry in %.3fs", claim.id, claim.attempt, exc, delay)
                 self.store.retry(claim.id, claim.counter, delay=delay, error=error_value(exc))
             return
-        self._finish(claim, State.RESOLVED, value)
+        await self._finish_leaf(claim, State.RESOLVED, value)
         if fault_rerun_settled(entry.name) and not entry.is_async:  # a test-only fault
             await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
@@ -228,6 +252,15 @@ class Worker:
             self._finish(claim, State.REJECTED, error_value(exc))
             return None
         return WorkflowRun(ctx, coro)
+
+
+def _storable(state: State, value: Any) -> tuple[State, Any]:
+    """A result the store cannot hold rejects the promise instead of failing the write."""
+    try:
+        check_value(value)
+    except StoreError as exc:
+        return State.REJECTED, {"type": "NotSerializable", "message": str(exc)}
+    return state, value
 
 
 def run_worker(store: PromiseStore, store_dir: Path, registry: Registry, *, concurrency: int,

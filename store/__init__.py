@@ -19,7 +19,7 @@ from .errors import (
     StoreUnavailable,
 )
 from .interface import PromiseStore
-from .types import MAX_ID_BYTES, Claim, NewPromise, Page, Promise, State, Stats, Task, TaskState
+from .types import MAX_ID_BYTES, Claim, Completion, NewPromise, Page, Promise, State, Stats, Task, TaskState
 
 
 def open_store(path: str, **options: float) -> DirStore:
@@ -27,7 +27,8 @@ def open_store(path: str, **options: float) -> DirStore:
 
 
 __all__ = [
-    "DEFAULT_LEASE", "MAX_ID_BYTES", "Claim", "CorruptStore", "DirStore", "InvalidId", "NewPromise",
+    "DEFAULT_LEASE", "MAX_ID_BYTES", "Claim", "Completion", "CorruptStore", "DirStore", "InvalidId",
+    "NewPromise",
     "NotFound", "NotSerializable", "Page", "Promise", "PromiseStore", "StaleClaim", "State", "Stats",
     "StoreError", "StoreFormatError", "StoreFull", "StoreIOError", "StoreUnavailable", "Task",
     "TaskState", "check_id", "check_value", "normalize", "open_store",

@@ -40,7 +40,7 @@ from .state import (
     StoreState,
     promise_to_list,
 )
-from .types import Claim, NewPromise, Page, Promise, State, Stats, Task, TaskState
+from .types import Claim, Completion, NewPromise, Page, Promise, State, Stats, Task, TaskState
 from .watch import Watch
 
 DEFAULT_LEASE = 30.0  # seconds; heartbeats extend it, a seen death releases at once
@@ -344,6 +344,33 @@ class DirStore:
             ops.append([SETTLE, promise_id, state.value, value, now])
             self._commit(ops)
             return self.state.promises[promise_id]
+
+    def complete_many(self, completions: Sequence[Completion],
+                      now: float | None = None) -> list[Promise | StaleClaim]:
+        """Group commit: settle many claimed promises in one frame, one fsync.
+
+        Each is fenced on its own; a stale one is returned as its StaleClaim and
+        the others are still written.
+        """
+        for done in completions:
+            if not done.state.settled:
+                raise ValueError("complete needs a final state")
+            codec.check_value(done.value)
+        now = time.time() if now is None else now
+        with self._locked():
+            outcomes: list[StaleClaim | None] = []
+            ops = []
+            for done in completions:
+                try:
+                    self._fenced(done.id, done.counter)
+                except StaleClaim as stale:
+                    outcomes.append(stale)
+                    continue
+                outcomes.append(None)
+                ops.append([SETTLE, done.id, done.state.value, done.value, now])
+            self._commit(ops)
+            promises = self.state.promises
+            return [out or promises[done.id] for out, done in zip(outcomes, completions, strict=True)]
 
     def suspend(self, promise_id: str, counter: int, awaiting: Sequence[str],
                 now: float | None = None, *, creates: Sequence[NewPromise] = (),

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from .types import Claim, NewPromise, Page, Promise, State, Stats, Task
+from .errors import StaleClaim
+from .types import Claim, Completion, NewPromise, Page, Promise, State, Stats, Task
 
 
 class Watchable(Protocol):
@@ -36,6 +37,8 @@ class PromiseStore(Protocol):
     def heartbeat(self, owner: str, now: float | None = None, *, lease: float | None = None) -> int: ...
     def complete(self, promise_id: str, counter: int, state: State, value: Any,
                  now: float | None = None, *, creates: Sequence[NewPromise] = ()) -> Promise: ...
+    def complete_many(self, completions: Sequence[Completion],
+                      now: float | None = None) -> list[Promise | StaleClaim]: ...
     def suspend(self, promise_id: str, counter: int, awaiting: Sequence[str],
                 now: float | None = None, *, creates: Sequence[NewPromise] = (),
                 affinity: str | None = None) -> bool: ...

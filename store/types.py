@@ -100,6 +100,16 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Completion:
+    """One claimed promise to settle, in a batch written as a single frame."""
+
+    id: str
+    counter: int
+    state: State
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     items: list[Promise]
     cursor: int | None  # pass back to get the next page; None when there is no more

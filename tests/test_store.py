@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import store.directory as directory
 from store import (
     MAX_ID_BYTES,
+    Completion,
     DirStore,
     InvalidId,
     NewPromise,
@@ -285,6 +286,20 @@ def test_complete_with_a_stale_counter_changes_nothing(s: DirStore, store_dir: P
     assert s.task("a") == task_before and s.get("a").state is State.PENDING
     assert s.get("zombie-child") is None
     assert s.complete("a", cur.counter, State.RESOLVED, "real", now=6.0).value == "real"
+
+
+def test_complete_many_is_one_frame_and_fences_each_on_its_own(s: DirStore, store_dir: Path) -> None:
+    s.create([new("a"), new("b"), new("c")], now=1.0)
+    claims = {c.id: c for c in s.claim("w1", now=2.0, limit=3)}
+    s.release("b", claims["b"].counter, now=2.5)  # b's holder is fenced off
+    frames = frame_count(store_dir)
+    out = s.complete_many([Completion("a", claims["a"].counter, State.RESOLVED, 1),
+                           Completion("b", claims["b"].counter, State.RESOLVED, 2),
+                           Completion("c", claims["c"].counter, State.REJECTED, {"type": "E"})], now=3.0)
+    assert frame_count(store_dir) == frames + 1
+    assert isinstance(out[1], StaleClaim) and out[1].promise_id == "b"
+    assert [s.get(i).state for i in "abc"] == [State.RESOLVED, State.PENDING, State.REJECTED]
+    assert s.get("a").value == 1 and s.task("b").state is TaskState.READY
 
 
 def test_complete_on_a_ready_or_unknown_task_is_stale(s: DirStore) -> None:
