@@ -181,6 +181,21 @@ def test_a_store_path_that_is_not_a_store_is_exit_3(ws: Workspace, kind: str) ->
     assert "Traceback" not in done.stderr
 
 
+def test_a_damaged_record_is_exit_3_for_every_command_and_left_as_it_was(ws: Workspace) -> None:
+    assert result_of(ws.invoke("factorial", 3, promise_id="f")) == 6
+    ws.store.close()
+    segment = ws.store_dir / "log" / "00000001.seg"
+    data = bytearray(segment.read_bytes())
+    data[20] ^= 0xFF  # inside the first frame, with whole frames after it: damage, not a torn tail
+    segment.write_bytes(bytes(data))
+    for args in (("invoke", "factorial", "--arg", "3"), ("promises", "list"), ("tree", "f"), ("status",)):
+        done = ws.cli(*args)
+        assert done.returncode == 3, (args, done.stderr)
+        assert "corrupt record" in done.stderr and str(segment) in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert segment.read_bytes() == bytes(data)  # reported, never repaired into "absent"
+
+
 def test_hostile_ids_are_stored_inside_the_store(ws: Workspace) -> None:
     hostile = ["../x", "../../etc/passwd", "/tmp/absolute", "a/b\\c", "line\nbreak", "ünï cødé ✓"]
     for promise_id in hostile:
