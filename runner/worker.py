@@ -218,7 +218,9 @@ class Worker:
     def _run_workflow(self, claim: Claim, entry: Registered) -> None:
         """Step the workflow until it finishes or waits on a child that has not settled."""
         run = self.cache.take(claim.id, claim.counter)
-        settled = None if run is None else self.store.get(run.waiting_on)
+        # The claim just caught up with the log, and a child's settling and its parent's
+        # wake-up are one frame: what we have read already shows the child settled.
+        settled = None if run is None else self.store.get(run.waiting_on, fresh=False)
         if run is not None and (settled is None or not settled.settled):
             run.close()  # woken for another reason than its child: start over
             run, settled = None, None
@@ -241,7 +243,7 @@ class Worker:
                 run.counter, run.waiting_on = claim.counter, step.child
                 self.cache.put(claim.id, run)
                 return
-            settled = self.store.get(step.child)  # it settled while we were about to wait
+            settled = self.store.get(step.child, fresh=False)  # suspend() read it settled
 
     def _replay(self, claim: Claim, entry: Registered) -> WorkflowRun | None:
         ctx = Context(claim.promise, self.store.children(claim.id), self.registry,
