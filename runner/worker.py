@@ -122,7 +122,13 @@ class Worker:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
-            self.store.heartbeat(self.owner)
+            try:
+                self.store.heartbeat(self.owner)
+            except StoreIOError:
+                # Without heartbeats our leases would lapse while we keep working:
+                # better to die now and have the supervisor release and restart at once.
+                log.exception("heartbeat failed; worker exits to reopen the store")
+                os._exit(3)
 
     def _start(self, claim: Claim) -> None:
         task = asyncio.create_task(self._execute(claim))
