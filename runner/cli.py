@@ -63,7 +63,7 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @click.option("--store", "store_dir", envvar="RUNNER_STORE", default=".runner", show_default=True,
                   type=click.Path(path_type=Path), help="Store directory (env RUNNER_STORE).")
-    @click.option("--app", "apps", multiple=True, envvar="RUNNER_APP_MODULES",
+    @click.option("--app", "apps", multiple=True,
                   help="Module that registers functions (repeatable; default: RUNNER_APP or pyproject).")
     @click.option("--log-level", type=click.Choice(logs.LEVELS), default="warning", show_default=True)
     @click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True)
