@@ -374,6 +374,11 @@ class Round:
                 started.up = time.time()
                 started.workers = {int(pid): owner for pid, owner in (info.get("owners") or {}).items()}
                 return started
+            if crash_at and proc.poll() == -signal.SIGKILL:
+                # The failpoint fired in the supervisor's own start-up write: that is the
+                # kill of this round, and the kill phase sees the death and restarts.
+                self.notes.append(f"the store failpoint {crash_at} fired before the workers were up")
+                return started
             if proc.poll() is not None or time.monotonic() > deadline:
                 reason = f"exited {proc.returncode}" if proc.poll() is not None else "did not come up"
                 if self.started[:-1]:  # a restart after a crash: the runner's fault, not the harness's

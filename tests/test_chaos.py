@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from runner.chaos import fixed_plan, parse_duration, random_plan
+from runner.apps import load_apps
+from runner.chaos import Plan, fixed_plan, parse_duration, random_plan, run_rounds
 from runner.chaos_verdict import NOTIFY, Evidence, Kill, Snapshot, judge
+from runner.registry import registry
 from store import Promise, State
 from tests.helpers import REPO_ROOT, run_cli
 
@@ -81,6 +83,20 @@ def test_a_random_soak_of_21_rounds_passes() -> None:
     assert int(summary.group(2)) >= 18  # nearly every round kills something
     assert "store-write" in summary.group(3) and "supervisor" in summary.group(3)
     assert "seed 2024" in result.stdout
+
+
+def test_a_failpoint_firing_in_the_supervisors_own_start_up_is_that_rounds_kill(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's first store write (releasing the last generation's claims) crashes it
+    before its workers are up: the round restarts it and passes, not the harness failing."""
+    monkeypatch.chdir(REPO_ROOT)  # where `runner start` finds the example apps
+    load_apps(["examples.notify"])
+    delays = {"email": 0.3, "sms": 0.1, "slack": 0.05, "push": 0.4}
+    plan = Plan("store-write", 2.0, delays, "locked.hold:1")
+    reports, summary = run_rounds(iter([plan]), workdir=tmp_path, store_dir=None, registry=registry)
+    assert reports[0].ok, reports[0].violations
+    assert any("before the workers were up" in note for note in reports[0].notes), reports[0].notes
+    assert summary.rounds == 1
 
 
 def test_a_runner_that_reruns_a_settled_branch_is_caught() -> None:
