@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -47,18 +46,6 @@ UP_TIMEOUT = 20.0  # seconds for a started supervisor to have all its workers
 
 class ChaosError(RunnerError):
     """The harness itself could not run a round (not a verdict on the runner)."""
-
-
-_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*\Z")
-
-
-def parse_duration(text: str) -> float:
-    """`500ms`, `2s`, `1.5s`, `2` (seconds), `1m` -> seconds."""
-    found = _DURATION.match(text)
-    if found is None:
-        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 2s, 1.5s)")
-    number, unit = float(found.group(1)), found.group(2) or "s"
-    return number * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
 
 
 @dataclass(frozen=True)

@@ -17,27 +17,13 @@ from click.core import ParameterSource
 from . import chaos
 from .chaos_verdict import NOTIFY, Report
 from .cli import Env, cli, common, fail
+from .durations import Duration
 from .timeline import html_timeline, svg_timeline, text_timeline
 
 EXIT_VIOLATION = 1
 EXIT_USAGE = 2
 
 
-class Duration(click.ParamType):
-    """A duration such as `500ms`, `2s` or `1.5s`, as seconds."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        try:
-            seconds = chaos.parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-        if seconds <= 0:
-            self.fail(f"{value!r} must be longer than zero", param, ctx)
-        return seconds
 
 
 @cli.command("chaos")

@@ -34,6 +34,7 @@ from store import (
 
 from . import logs, progress
 from .apps import load_apps
+from .durations import Duration
 from .errors import AppError, BadInput, RegistryError, RunnerError, SupervisorRunning
 from .invoke import submit, wait
 from .registry import Registry, registry
@@ -140,9 +141,11 @@ def start(env: Env, workers: int, concurrency: int) -> None:
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--json", "as_json", is_flag=True, help="Print exactly the result as JSON.")
 @click.option("--no-wait", is_flag=True, help="Create the root promise, print its id, and return.")
+@click.option("--timeout", type=Duration(), default=None,
+              help="Reject the run and its pending children if not settled after this long (e.g. 30s).")
 @common
 def invoke(env: Env, func: str, args: tuple[str, ...], promise_id: str | None, workers: int,
-           concurrency: int, as_json: bool, no_wait: bool) -> None:
+           concurrency: int, as_json: bool, no_wait: bool, timeout: float | None) -> None:
     """Run FUNC durably and print its result.
 
     Without a supervisor on the store, one runs embedded for the duration.
@@ -155,7 +158,8 @@ def invoke(env: Env, func: str, args: tuple[str, ...], promise_id: str | None, w
     store, reg = env.open()
     root = promise_id if promise_id is not None else f"{func}-{uuid.uuid4().hex[:12]}"
     started = time.monotonic()
-    promise = submit(store, reg, func, values, root)
+    deadline = None if timeout is None else time.time() + timeout  # children inherit it
+    promise = submit(store, reg, func, values, root, timeout=deadline)
     if no_wait:
         click.echo(promise.id)
         return

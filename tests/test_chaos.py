@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from runner.apps import load_apps
-from runner.chaos import Plan, fixed_plan, parse_duration, random_plan, run_rounds
+from runner.chaos import Plan, fixed_plan, random_plan, run_rounds
 from runner.chaos_verdict import NOTIFY, Evidence, Kill, Snapshot, judge
+from runner.durations import parse_duration
 from runner.registry import registry
 from store import Promise, State
 from tests.helpers import REPO_ROOT, run_cli

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from store import State
 from tests.e2e_support import CHANNELS, Workspace, event, result_of, timed
 from tests.helpers import wait_until
 
@@ -194,6 +195,17 @@ def test_a_damaged_record_is_exit_3_for_every_command_and_left_as_it_was(ws: Wor
         assert "corrupt record" in done.stderr and str(segment) in done.stderr, done.stderr
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert segment.read_bytes() == bytes(data)  # reported, never repaired into "absent"
+
+
+def test_a_run_past_its_timeout_is_rejected_with_its_pending_children(ws: Workspace) -> None:
+    done = ws.invoke("notify_all", event("late", push=2.0), promise_id="late", extra=("--timeout", "500ms"))
+
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["type"] == "TimeoutError"
+    root, push, slack = ws.get("late"), ws.get("late.3"), ws.get("late.2")
+    assert root.state is State.REJECTED_TIMEDOUT and push.state is State.REJECTED_TIMEDOUT
+    assert slack.state is State.RESOLVED  # what finished in time stays settled
+    assert root.settled_at is not None and root.settled_at - root.created_at < 1.9  # before push's 2 s
 
 
 def test_hostile_ids_are_stored_inside_the_store(ws: Workspace) -> None:

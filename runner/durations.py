@@ -1,0 +1,36 @@
+"""Durations on the command line: `500ms`, `2s`, `1.5s`, `1m`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import click
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*\Z")
+
+
+def parse_duration(text: str) -> float:
+    """`500ms`, `2s`, `1.5s`, `2` (seconds), `1m` -> seconds."""
+    found = _DURATION.match(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 2s, 1.5s)")
+    number, unit = float(found.group(1)), found.group(2) or "s"
+    return number * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+
+
+class Duration(click.ParamType):
+    """A duration such as `500ms`, `2s` or `1.5s`, as seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            seconds = parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if seconds <= 0:
+            self.fail(f"{value!r} must be longer than zero", param, ctx)
+        return seconds
