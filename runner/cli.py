@@ -165,9 +165,14 @@ def invoke(env: Env, func: str, args: tuple[str, ...], promise_id: str | None, w
         return
     # Live progress only for a person at a terminal; pipes and --json get the plain result.
     with progress.for_invoke(store, promise.id, enabled=not as_json and sys.stdout.isatty()) as view:
+
+        def settled(done: Promise) -> None:  # shown before an embedded supervisor drains
+            view.finish()
+            show_result(done, time.monotonic() - started, as_json)
+            sys.stdout.flush()
+
         promise = wait(store, env.store_dir, reg, promise.id, workers=workers, concurrency=concurrency,
-                       on_change=view.update)
-    show_result(promise, time.monotonic() - started, as_json)
+                       on_change=view.update, on_settled=settled)
     sys.exit(0 if promise.state is State.RESOLVED else EXIT_REJECTED)
 
 

@@ -45,26 +45,41 @@ def submit(store: PromiseStore, registry: Registry, func: str, args: list[Any],
 
 
 def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: str, *,
-         workers: int, concurrency: int, on_change: Callable[[], None] = lambda: None) -> Promise:
-    """Block until the promise settles, supervising the store ourselves when nobody does."""
+         workers: int, concurrency: int, on_change: Callable[[], None] = lambda: None,
+         on_settled: Callable[[Promise], None] = lambda _: None) -> Promise:
+    """Block until the promise settles, supervising the store ourselves when nobody does.
+
+    `on_settled` hears of the result at once, before an embedded supervisor drains
+    (branches of this or other runs still running finish before it returns).
+    """
+    told = False
+
+    def settled(promise: Promise | None) -> bool:
+        nonlocal told
+        if promise is None or not promise.settled:
+            return False
+        if not told:
+            told = True
+            on_settled(promise)
+        return True
+
     watch = store.watch()
     try:
         while True:
             promise = store.get(promise_id)
             assert promise is not None
             on_change()
-            if promise.settled:
+            if settled(promise):
                 return promise
             if store.lock_supervisor():
                 supervisor = Supervisor(store, store_dir, registry, workers=workers,
                                         concurrency=concurrency)
 
-                def settled() -> bool:
+                def done() -> bool:
                     on_change()
-                    found = store.get(promise_id)
-                    return found is not None and found.settled
+                    return settled(store.get(promise_id))
 
-                supervisor.run(until=settled)
+                supervisor.run(until=done)
                 continue
             watch.wait(BACKSTOP)
     finally:

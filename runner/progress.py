@@ -28,8 +28,8 @@ class LiveProgress:
         self.root = root
         self.interval = interval
         self.rows = rows
-        self.attempts: dict[str, int] = {}  # a settled branch's task is gone; remember what we saw
         self._last = 0.0
+        self._done = False
         # No redirection of stdout/stderr: forked workers inherit sys.stdout, and a
         # redirected one would draw this view from inside them.
         self._live = Live(console=views.console(), auto_refresh=False, redirect_stdout=False,
@@ -42,22 +42,25 @@ class LiveProgress:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        try:
-            if kind is None:
-                self.update(force=True)
-        finally:
+        if kind is None:
+            self.finish()
+        else:
             self._live.stop()
 
     def update(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last < self.interval:
+        if self._done or (not force and now - self._last < self.interval):
             return
         self._last = now
         data = report.branches(self.store, self.root, rows=self.rows)
-        for b in data["branches"]:
-            if b["attempt"] is not None:
-                self.attempts[b["id"]] = b["attempt"]
-        self._live.update(views.progress(data, self.attempts), refresh=True)
+        self._live.update(views.progress(data), refresh=True)
+
+    def finish(self) -> None:
+        """Draw the last frame and stop: what follows on the terminal is the result."""
+        if not self._done:
+            self.update(force=True)
+            self._done = True
+            self._live.stop()
 
 
 class NoProgress:
@@ -70,6 +73,9 @@ class NoProgress:
         return None
 
     def update(self, force: bool = False) -> None:
+        return None
+
+    def finish(self) -> None:
         return None
 
 

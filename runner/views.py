@@ -165,13 +165,12 @@ def _claims(claims: Iterable[dict[str, Any]], indent: str) -> Iterator[Text]:
 
 # -- live progress -----------------------------------------------------------------------
 
-def progress(data: dict[str, Any], attempts: dict[str, int]) -> Group:
-    """The root and each branch; `attempts` remembers attempts seen while a branch was pending."""
+def progress(data: dict[str, Any]) -> Group:
+    """The root and each branch, one line each."""
     root = data["root"]
     lines = [node_line(root)]
     for b in data["branches"]:
-        shown = dict(b, attempt=b["attempt"] or attempts.get(b["id"]))
-        lines.append(Text("  ") + node_line(shown, b["id"].removeprefix(root["id"])))
+        lines.append(Text("  ") + node_line(b, b["id"].removeprefix(root["id"])))
     if data["more"]:
         rest = ", ".join(f"{n} {name}" for name, n in sorted(data["more"].items()))
         lines.append(Text(f"  and {sum(data['more'].values())} more: {rest}", style="dim"))
