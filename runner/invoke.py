@@ -60,6 +60,7 @@ def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: s
             return False
         if not told:
             told = True
+            store.make_durable()  # its writer may have died before syncing: sync before we tell
             on_settled(promise)
         return True
 

@@ -182,6 +182,15 @@ class DirStore:
         with self._locked():
             pass
 
+    def make_durable(self) -> None:
+        """Make every change this handle has read durable, whoever wrote it.
+
+        Call before acknowledging what was read to someone outside (invoke printing a
+        result): its writer may have died after writing it and before syncing it.
+        """
+        with self._locked():
+            self._log.sync()
+
     def watch(self) -> Watch:
         """A descriptor that turns readable when any process writes to this store."""
         return Watch(self.root / "log")

@@ -166,6 +166,19 @@ class Log:
         faults.crash_point("append.after_sync")
         self.offset += len(data)
 
+    def sync(self) -> None:
+        """fdatasync the segment the cursor is in. Call under the lock.
+
+        A frame read here may come from a writer that died between its write and its
+        sync; syncing makes it durable before the reader tells anyone about it.
+        Earlier segments were synced before the log moved past them.
+        """
+        assert self._fd is not None, "log cursor not started"
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise io_error(exc, "syncing the log") from None
+
     def _close_fd(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

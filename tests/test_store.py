@@ -777,3 +777,16 @@ def test_an_idle_reader_catches_up_across_several_compactions(store_dir: Path,
     finally:
         writer.close()
         reader.close()
+
+
+def test_make_durable_syncs_what_another_writer_may_have_left_unsynced(
+        s: DirStore, store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = DirStore(store_dir)
+    other.create([new("a")], now=1.0)  # stands for a writer killed before its sync
+    other.close()
+    segment = (store_dir / "log" / "00000001.seg").stat().st_ino
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(fd))
+    s.make_durable()
+    assert s.get("a", fresh=False) is not None  # it read the other's frame first
+    assert len(synced) == 1 and os.fstat(synced[0]).st_ino == segment
