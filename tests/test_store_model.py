@@ -21,12 +21,23 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import store.directory as directory
-from store import DirStore, NewPromise, NotFound, Promise, StaleClaim, State, TaskState, open_store
+from store import (
+    Completion,
+    DirStore,
+    NewPromise,
+    NotFound,
+    Promise,
+    StaleClaim,
+    State,
+    TaskState,
+    open_store,
+)
 from store.directory import AFFINITY_GRACE
 
 IDS = ["a", "b", "c", "a.0", "a.1", "b.0", "a.0.0", "a.0.1"]
 OWNERS = ["w1", "w2"]
 FINAL = [s for s in State if s.settled]
+FINAL_BY_WORKER = [State.RESOLVED, State.REJECTED]  # what a worker completes with
 
 handles = st.integers(0, 1)
 ids = st.sampled_from(IDS)
@@ -224,6 +235,25 @@ class StoreModel(RuleBasedStateMachine):
             self._create(n.id, n.func, n.args, None, True)
         self._settle(pid, state, value)
         assert got == self.promises[pid]
+
+    @rule(h=handles, batch=st.lists(st.tuples(ids, picks, deltas, st.sampled_from(FINAL_BY_WORKER),
+                                              small_values), min_size=1, max_size=4))
+    def complete_many(self, h: int, batch: list[tuple[str, int, int, State, Any]]) -> None:
+        """A group commit: each completion is fenced on its own, the stale ones are returned."""
+        items, seen = [], set()
+        for pid, pick, delta, state, value in batch:
+            pid = self._target(pid, pick)
+            if pid not in seen:  # one completion per promise, as a worker sends them
+                seen.add(pid)
+                items.append(Completion(pid, self._counter(pid, delta), state, value))
+        stale = [self._stale(c.id, c.counter) for c in items]
+        got = self.handles[h].complete_many(items, now=self.now)
+        for item, was_stale, out in zip(items, stale, got, strict=True):
+            if was_stale:
+                assert isinstance(out, StaleClaim) and out.promise_id == item.id
+            else:
+                self._settle(item.id, item.state, item.value)
+                assert out == self.promises[item.id]
 
     @rule(h=handles, pid=ids, pick=picks, delta=deltas)
     def release(self, h: int, pid: str, pick: int, delta: int) -> None:
