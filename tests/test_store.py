@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import store.directory as directory
+import store.replica as replica
 from store import (
     MAX_ID_BYTES,
     Completion,
@@ -760,7 +761,7 @@ def test_stats_counts(s: DirStore) -> None:
 def test_an_idle_reader_catches_up_across_several_compactions(store_dir: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A handle that sleeps while the log is compacted twice must not stay on a deleted segment."""
-    monkeypatch.setattr(directory, "SEGMENT_BYTES", 4096)
+    monkeypatch.setattr(replica, "SEGMENT_BYTES", 4096)
     writer, reader = open_store(str(store_dir)), open_store(str(store_dir))
     try:
         writer.create([new("first")], now=0.0)

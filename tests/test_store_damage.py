@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-import store.directory
 import store.log
+import store.replica
 from store import (
     CorruptStore,
     DirStore,
@@ -165,7 +165,7 @@ def test_damaged_last_frame_with_whole_frames_after_in_next_segment(store_dir: P
 
 
 def _compacted(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setattr(store.directory, "SEGMENT_BYTES", 1500)
+    monkeypatch.setattr(store.replica, "SEGMENT_BYTES", 1500)
     with closing(DirStore(store_dir)) as s:
         for i in range(60):
             s.create([NewPromise(f"c{i}", "leaf", ["y" * 40])], NOW)
@@ -360,12 +360,12 @@ def test_sync_failure_fails_the_change_and_leaves_no_readable_frame(
 def test_failed_snapshot_does_not_fail_a_durable_change(store_dir: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The change that crossed the segment limit is durable already: it is reported done."""
-    monkeypatch.setattr(store.directory, "SEGMENT_BYTES", 1500)
+    monkeypatch.setattr(store.replica, "SEGMENT_BYTES", 1500)
 
     def full(path: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store.directory, "write_replace", full)
+    monkeypatch.setattr(store.replica, "write_replace", full)
     with closing(DirStore(store_dir)) as s:
         for i in range(60):
             s.create([NewPromise(f"c{i}", "leaf", ["y" * 40])], NOW)

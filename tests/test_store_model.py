@@ -20,7 +20,7 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-import store.directory as directory
+import store.replica as replica
 from store import (
     Completion,
     DirStore,
@@ -387,12 +387,12 @@ class CompactingStoreModel(StoreModel):
     overtaken by two compactions happen every few steps, and `reopen` loads a snapshot."""
 
     def __init__(self) -> None:
-        self.saved_segment_bytes = directory.SEGMENT_BYTES
-        directory.SEGMENT_BYTES = 150
+        self.saved_segment_bytes = replica.SEGMENT_BYTES
+        replica.SEGMENT_BYTES = 150
         super().__init__()
 
     def teardown(self) -> None:
-        directory.SEGMENT_BYTES = self.saved_segment_bytes
+        replica.SEGMENT_BYTES = self.saved_segment_bytes
         super().teardown()
 
     @invariant()
