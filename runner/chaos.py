@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import psutil
 
 from store import Promise, PromiseStore, State, StoreError, Task, open_store
 
+from .chaos_plan import Plan, Summary
 from .chaos_verdict import NOTIFY, Evidence, Kill, Report, Seen, Snapshot, judge
 from .errors import RunnerError
 from .invoke import submit
@@ -37,57 +37,12 @@ from .registry import Registry
 
 TARGETS = ("workers", "supervisor")
 CRASH_ENV = "RUNNER_STORE_CRASH_AT"  # store/faults.py: SIGKILL at the N-th hit of a named point
-# Failpoints inside store writes, and how many hits one worker reaches in a short run
-# (measured): the N of `NAME:N` is drawn below that, so the crash lands inside the run.
-FAILPOINTS = {"append.mid": 9, "append.before_sync": 9, "append.after_sync": 9, "locked.hold": 24}
 POLL = 0.05  # seconds: backstop between looks when no store write woke the harness
 UP_TIMEOUT = 20.0  # seconds for a started supervisor to have all its workers
 
 
 class ChaosError(RunnerError):
     """The harness itself could not run a round (not a verdict on the runner)."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one round does: whom it kills, when, and how long each channel takes."""
-
-    target: str  # "workers", "supervisor" or "store-write"
-    kill_after: float  # seconds after the root is created (for store-write: a backstop)
-    delays: dict[str, float]
-    crash_at: str | None = None  # RUNNER_STORE_CRASH_AT for the first supervisor
-    workers: int = 2
-
-    def describe(self, *, long: bool = False) -> str:
-        if self.crash_at:
-            backstop = f" (else the supervisor group at {self.kill_after:.3f} s)" if long else ""
-            return f"store write {self.crash_at}{backstop}"
-        return f"{self.target} at {self.kill_after:.3f} s"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "kill_after": self.kill_after, "delays": self.delays,
-                "crash_at": self.crash_at, "workers": self.workers}
-
-
-def fixed_plan(kill_after: float, target: str, workers: int = 2) -> Plan:
-    """Delays scaled to the kill instant: slack and sms settle before it, email and push are in flight."""
-    share = {"email": 1.25, "sms": 0.25, "slack": 0.1, "push": 1.5}
-    return Plan(target, kill_after, {ch: round(kill_after * f, 3) for ch, f in share.items()}, None, workers)
-
-
-def random_plan(rng: random.Random, index: int, workers: int = 2) -> Plan:
-    """Short delays and a random instant; targets take turns: workers, supervisor, a store write."""
-    delays = {"email": rng.uniform(0.25, 0.6), "sms": rng.uniform(0.1, 0.3),
-              "slack": rng.uniform(0.05, 0.15), "push": rng.uniform(0.3, 0.8)}
-    delays = {ch: round(d, 3) for ch, d in delays.items()}
-    longest = max(delays.values())
-    kind = ("workers", "supervisor", "store-write")[index % 3]
-    if kind == "store-write":
-        point = rng.choice(sorted(FAILPOINTS))
-        crash_at = f"{point}:{rng.randint(1, FAILPOINTS[point])}"
-        # The failpoint is the kill; a group kill near the end is the backstop if it never fires.
-        return Plan(kind, round(longest * 1.05, 3), delays, crash_at, workers)
-    return Plan(kind, round(rng.uniform(0.01, longest * 1.05), 3), delays, None, workers)
 
 
 @dataclass
@@ -384,43 +339,6 @@ class Round:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(started.proc.pid, signal.SIGKILL)
             started.proc.wait()
-
-
-@dataclass
-class Summary:
-    rounds: int = 0
-    kills: int = 0
-    violations: int = 0
-    by_target: dict[str, int] = field(default_factory=dict)
-    first_violation: int | None = None
-
-    def add(self, report: Report) -> None:
-        self.rounds += 1
-        if report.kill is not None and report.kill.pids:
-            self.kills += 1
-            self.by_target[report.plan.target] = self.by_target.get(report.plan.target, 0) + 1
-        if not report.ok:
-            self.violations += 1
-            if self.first_violation is None:
-                self.first_violation = report.number
-
-    def line(self) -> str:
-        kinds = ", ".join(f"{n} {t}" for t, n in sorted(self.by_target.items()))
-        text = f"{self.rounds} rounds, {self.kills} kills ({kinds or 'none'}), {self.violations} violations"
-        if self.first_violation is not None:
-            text += f"; first violation in round {self.first_violation}"
-        return text
-
-    def to_json(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "kills": self.kills, "kills_by_target": self.by_target,
-                "violations": self.violations, "first_violation": self.first_violation}
-
-
-def plans(rounds: int, *, kill_after: float, target: str, randomize: bool, seed: int,
-          workers: int = 2) -> Iterator[Plan]:
-    rng = random.Random(seed)
-    for index in range(rounds):
-        yield random_plan(rng, index, workers) if randomize else fixed_plan(kill_after, target, workers)
 
 
 def run_rounds(plan_list: Iterator[Plan], *, workdir: Path, store_dir: Path | None, registry: Registry,

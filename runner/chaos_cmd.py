@@ -14,7 +14,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from . import chaos
+from . import chaos, chaos_plan
 from .chaos_verdict import NOTIFY, Report
 from .cli import Env, cli, common, fail
 from .durations import Duration
@@ -76,8 +76,8 @@ def chaos_cmd(env: Env, kill_after: float, workflow: str, target: str, rounds: i
         if many and not as_json:
             click.echo(round_line(report))
 
-    plan_list = chaos.plans(rounds, kill_after=kill_after, target=target, randomize=randomize, seed=seed or 0,
-                            workers=workers)
+    plan_list = chaos_plan.plans(rounds, kill_after=kill_after, target=target, randomize=randomize,
+                                 seed=seed or 0, workers=workers)
     try:
         reports, summary = chaos.run_rounds(plan_list, workdir=workdir,
                                             store_dir=env.store_dir if given else None, registry=registry,

@@ -84,7 +84,7 @@ class Kill:
 @dataclass
 class Evidence:
     number: int
-    plan: Any  # chaos.Plan
+    plan: Any  # chaos_plan.Plan
     root: Promise
     children: list[Promise]
     event: dict[str, Any]

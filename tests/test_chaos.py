@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from runner.apps import load_apps
-from runner.chaos import Plan, fixed_plan, random_plan, run_rounds
+from runner.chaos import run_rounds
+from runner.chaos_plan import Plan, fixed_plan, random_plan
 from runner.chaos_verdict import NOTIFY, Evidence, Kill, Snapshot, judge
 from runner.durations import parse_duration
 from runner.registry import registry
