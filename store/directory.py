@@ -315,6 +315,6 @@ class DirStore(Replica):
             return Stats(by_state, len(self.state.ready),
                          sum(t.state is TaskState.CLAIMED for t in tasks),
                          sum(t.state is TaskState.WAITING for t in tasks),
-                         # FIX (store tests): not len(self.state.delayed), a lazy heap that keeps
+                         # Not len(self.state.delayed), a lazy heap that keeps
                          # entries of tasks settled or released since.
                          sum(t.state is TaskState.READY and t.not_before > now for t in tasks))

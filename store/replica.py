@@ -108,7 +108,7 @@ class Replica:
     def _locked(self) -> Iterator[None]:
         """Hold the store lock with a state that has caught up with every process's writes."""
         if os.getpid() != self._pid:
-            # FIX (store tests): a handle inherited across fork shares its flock's open file
+            # A handle inherited across fork shares its flock's open file
             # description with the parent, so both "hold" the lock at once and claim the same
             # tasks. Refuse, rather than silently lose mutual exclusion.
             raise StoreError(f"store handle on {self.root} was opened by process {self._pid}; "
@@ -123,7 +123,7 @@ class Replica:
         if not ops:
             return
         payload = codec.pack(ops)  # raises NotSerializable before anything is written
-        # FIX (store tests): read the frame back *before* appending it. Some values pack but
+        # Read the frame back *before* appending it. Some values pack but
         # cannot be unpacked (a dict with a tuple key: msgpack reads the key back as an
         # unhashable list); appended, such a frame would make every later open fail.
         try:
@@ -177,8 +177,8 @@ class Replica:
 
     def close(self) -> None:
         """Close this handle's descriptors (in a forked child too: closing never unlocks)."""
-        # FIX (store tests): closing twice closed the lock's descriptor number twice, which
-        # may by then belong to another open file (another handle's lock).
+        # Only once: by a second close the descriptor numbers may belong to other
+        # open files (another handle's lock).
         if self._closed:
             return
         self._closed = True

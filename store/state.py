@@ -76,8 +76,8 @@ class StoreState:
         self.callbacks: dict[str, set[str]] = {}  # awaited id -> ids waiting on it
         self.owned: dict[str, set[str]] = {}  # owner -> ids it holds claims on
         # owner -> ids of workflows it has in memory, waiting or ready (it resumes the ready first).
-        # FIX (runner e2e): waiting ones are indexed too, so a dead owner's release clears them;
-        # else a workflow woken after its worker died waited AFFINITY_GRACE for the dead worker.
+        # Waiting ones are indexed too, so a dead owner's release clears them: else a
+        # workflow woken after its worker died would wait out the grace for a dead worker.
         self.affine: dict[str, set[str]] = {}
         self.leases: list[tuple[float, str]] = []  # (expires_at, id); checked when popped
         self.timeouts: list[tuple[float, str]] = []  # (timeout, id); checked when popped
@@ -96,7 +96,7 @@ class StoreState:
             for pid in self.owned.get(op[1], ()):
                 task = self.tasks[pid]
                 if task.expires_at is None or op[2] < task.expires_at:
-                    # FIX (store tests): a heartbeat with a shorter lease moves the expiry
+                    # A heartbeat with a shorter lease moves the expiry
                     # earlier; without its own heap entry it would expire only at the old time.
                     heapq.heappush(self.leases, (op[2], pid))
                 task.expires_at = op[2]
@@ -246,7 +246,7 @@ class StoreState:
             task = self.tasks.get(pid)
             if task is None or task.state is not TaskState.CLAIMED or task.expires_at is None:
                 continue
-            # FIX (store tests): a task claimed twice has two entries here; both come due
+            # A task claimed twice has two entries here; both come due
             # together and once listed the id twice (two RELEASE ops, a duplicate in
             # expire()'s result). One look per id and pass is enough.
             if pid in seen:
