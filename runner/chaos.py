@@ -34,6 +34,7 @@ from .chaos_verdict import NOTIFY, Evidence, Kill, Report, Seen, Snapshot, judge
 from .errors import RunnerError
 from .invoke import submit
 from .registry import Registry
+from .worker import die_with_parent
 
 TARGETS = ("workers", "supervisor")
 CRASH_ENV = "RUNNER_STORE_CRASH_AT"  # store/faults.py: SIGKILL at the N-th hit of a named point
@@ -305,8 +306,12 @@ class Round:
             env[CRASH_ENV] = crash_at
         log = self.workdir / f"supervisor-{len(self.started) + 1}.log"
         with open(log, "wb") as out:
+            # Its own session, so a group kill takes exactly it and its workers; and it dies
+            # with the harness, however the harness ends, instead of running on unwatched.
+            harness = os.getpid()
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True)
+                                    env=env, start_new_session=True,
+                                    preexec_fn=lambda: die_with_parent(harness))
         started = Started(proc, log, time.time())
         self.started.append(started)
         deadline = time.monotonic() + UP_TIMEOUT

@@ -8,12 +8,15 @@ is seen to catch what it is meant to catch.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from runner.apps import load_apps
@@ -23,7 +26,7 @@ from runner.chaos_verdict import NOTIFY, Evidence, Kill, Snapshot, judge
 from runner.durations import parse_duration
 from runner.registry import registry
 from store import Promise, State
-from tests.helpers import REPO_ROOT, run_cli
+from tests.helpers import REPO_ROOT, Spawn, run_cli, runner_cmd, wait_until
 
 
 def chaos(*args: str, env: dict[str, str | None] | None = None, timeout: float = 120) -> Any:
@@ -99,6 +102,19 @@ def test_a_failpoint_firing_in_the_supervisors_own_start_up_is_that_rounds_kill(
     assert reports[0].ok, reports[0].violations
     assert any("before the workers were up" in note for note in reports[0].notes), reports[0].notes
     assert summary.rounds == 1
+
+
+def test_the_supervisors_it_starts_die_with_the_harness(processes: Spawn) -> None:
+    """However the harness ends (here SIGKILL, so no clean-up runs), nothing it started runs on."""
+    harness = processes(runner_cmd("chaos", "--kill-after", "3s"), cwd=REPO_ROOT)
+    started = wait_until(lambda: psutil.Process(harness.pid).children(recursive=True) or None, timeout=30,
+                         message="the harness started no supervisor")
+    os.kill(harness.pid, signal.SIGKILL)
+
+    def all_gone() -> bool:
+        return all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in started)
+
+    wait_until(all_gone, timeout=10, message="a supervisor outlived its harness")
 
 
 def test_a_runner_that_reruns_a_settled_branch_is_caught() -> None:
