@@ -33,6 +33,7 @@ from .chaos_plan import Plan, Summary
 from .chaos_verdict import NOTIFY, Evidence, Kill, Report, Seen, Snapshot, judge
 from .errors import RunnerError
 from .invoke import submit
+from .owners import owner_pid
 from .registry import Registry
 from .worker import die_with_parent
 
@@ -66,6 +67,7 @@ class Started:
 
 
 def gone(pid: int) -> bool:
+    """Whether the process is dead (a zombie counts: it runs no more code)."""
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -272,7 +274,7 @@ class Round:
     def _saw(self, task: Task, now: float) -> None:
         seen = self.seen.get((task.id, task.counter))
         if seen is None:
-            pid = int((task.owner or "0@").split("@")[0])
+            pid = owner_pid(task.owner) or 0
             self.seen[(task.id, task.counter)] = Seen(task.id, task.counter, pid, now, now)
         else:
             seen.last = now

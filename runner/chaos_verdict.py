@@ -19,6 +19,8 @@ from typing import Any
 
 from store import Promise, State
 
+from .owners import owner_pid
+
 SLACK = 0.005  # seconds: how late the harness may see a claim begin
 
 
@@ -329,7 +331,7 @@ def _root_lane(ev: Evidence) -> Lane:
     held = None if ev.snapshot is None else ev.snapshot.owners.get(ev.root.id)
     # The step held at the kill is the last one its holder began before the kill.
     before = [s for s in seen if ev.kill is not None and held is not None
-              and held.split("@")[0] == str(s.pid) and s.first <= ev.kill.at]
+              and owner_pid(held) == s.pid and s.first <= ev.kill.at]
     killed_step = before[-1] if before else None
     attempts = []
     for s in seen:

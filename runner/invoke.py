@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from store import NewPromise, Promise, PromiseStore, check_id, check_value
+from store import NewPromise, Promise, PromiseStore, check_id
 
 from .errors import BadInput
 from .registry import Registry
@@ -35,7 +35,6 @@ def submit(store: PromiseStore, registry: Registry, func: str, args: list[Any],
     """Create the root promise, or find the run that already has this id."""
     registry.lookup(func)
     check_root_id(promise_id)
-    check_value(args)
     promise = store.create([NewPromise(promise_id, func, args, timeout=timeout)])[0]
     if promise.func != func:
         raise BadInput(f"promise {promise_id!r} exists and runs {promise.func!r}, not {func!r}")

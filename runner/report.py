@@ -16,19 +16,13 @@ from typing import Any
 
 from store import NotFound, Promise, PromiseStore, State, Task
 
+from .owners import owner_pid
+
 
 def duration(p: Promise, now: float) -> float:
     """Settled: how long it took from creation. Pending: how long it has been running."""
     end = p.settled_at if p.settled_at is not None else now
     return round(max(0.0, end - p.created_at), 3)
-
-
-def owner_pid(owner: str | None) -> int | None:
-    """The pid in a claim owner "<pid>@<start time>"."""
-    if owner is None:
-        return None
-    head = owner.split("@", 1)[0]
-    return int(head) if head.isdigit() else None
 
 
 def summary(p: Promise, now: float) -> dict[str, Any]:

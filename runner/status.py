@@ -16,7 +16,7 @@ import psutil
 
 from store import PromiseStore, Task
 
-from .report import owner_pid
+from .owners import owner_pid
 
 
 def _process(pid: int | None, owner: str | None = None) -> psutil.Process | None:

@@ -21,8 +21,9 @@ from store import DEFAULT_LEASE, PromiseStore, open_store
 from store.interface import Watchable
 
 from .errors import SupervisorRunning
+from .owners import owner_id
 from .registry import Registry
-from .worker import die_with_parent, owner_id, run_worker
+from .worker import die_with_parent, run_worker
 
 log = logging.getLogger(__name__)
 

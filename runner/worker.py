@@ -19,12 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from store import Claim, Completion, PromiseStore, StaleClaim, State, StoreError, StoreIOError, check_value
+from store import Claim, Completion, PromiseStore, StaleClaim, State, StoreError, StoreIOError, normalize
 
 from .context import Context, Current, error_value, set_current
 from .errors import NonDeterminism, RunnerError
+from .owners import owner_id
 from .registry import Registered, Registry
 from .workflow import Failed, Finished, RunCache, WorkflowRun
 
@@ -32,11 +31,6 @@ log = logging.getLogger(__name__)
 
 BACKSTOP = 1.0  # seconds between looks at the store when no event woke us
 _PR_SET_PDEATHSIG = 1
-
-
-def owner_id(pid: int) -> str:
-    """A claim owner: the pid and its start time, since a pid can be reused."""
-    return f"{pid}@{psutil.Process(pid).create_time():.2f}"
 
 
 def fault_rerun_settled(func: str) -> bool:
@@ -263,9 +257,10 @@ class Worker:
 
 
 def _storable(state: State, value: Any) -> tuple[State, Any]:
-    """A result the store cannot hold rejects the promise instead of failing the write."""
+    """A result the store cannot hold rejects the promise instead of failing the write
+    (of a whole batch of completions, in a group commit)."""
     try:
-        check_value(value)
+        normalize(value)
     except StoreError as exc:
         return State.REJECTED, {"type": "NotSerializable", "message": str(exc)}
     return state, value

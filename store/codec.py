@@ -53,14 +53,17 @@ def unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook)
 
 
-def check_value(value: Any) -> None:
-    """Refuse a value that would not round-trip, before it reaches any write."""
-    pack(value)
-
-
 def normalize(value: Any) -> Any:
-    """The value as every reader of the store will see it (tuples become lists, and so on)."""
-    return unpack(pack(value))
+    """The value as every reader of the store will see it (tuples become lists, and so on).
+
+    Raises NotSerializable for what cannot be stored or would not read back.
+    """
+    try:
+        return unpack(pack(value))
+    except NotSerializable:
+        raise
+    except Exception as exc:  # packs, but does not read back (a dict with a tuple key)
+        raise NotSerializable(f"cannot store value: it would not read back ({exc})") from None
 
 
 @contextlib.contextmanager

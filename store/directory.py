@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import codec
 from .errors import (
     NotFound,
     StaleClaim,
@@ -113,7 +112,6 @@ class DirStore(Replica):
         """
         if not state.settled:
             raise ValueError("settle needs a final state")
-        codec.check_value(value)
         now = time.time() if now is None else now
         with self._locked():
             p = self.state.promises.get(promise_id)
@@ -175,7 +173,6 @@ class DirStore(Replica):
         """Settle a claimed promise and release its task in one frame, if the claim is current."""
         if not state.settled:
             raise ValueError("complete needs a final state")
-        codec.check_value(value)
         now = time.time() if now is None else now
         with self._locked():
             self._fenced(promise_id, counter)
@@ -194,7 +191,6 @@ class DirStore(Replica):
         for done in completions:
             if not done.state.settled:
                 raise ValueError("complete needs a final state")
-            codec.check_value(done.value)
         now = time.time() if now is None else now
         with self._locked():
             outcomes: list[StaleClaim | None] = []
@@ -254,7 +250,6 @@ class DirStore(Replica):
     def retry(self, promise_id: str, counter: int, *, delay: float, error: Any,
               now: float | None = None) -> None:
         """Give a failed attempt back, to be claimed again after `delay` as the next attempt."""
-        codec.check_value(error)
         now = time.time() if now is None else now
         with self._locked():
             self._fenced(promise_id, counter)
@@ -274,11 +269,9 @@ class DirStore(Replica):
         """Give back every claim of `owner` (of everyone when None): its holder is dead."""
         now = time.time() if now is None else now
         with self._locked():
-            owners = [owner] if owner is not None else list(self.state.owned)
+            owners = [owner] if owner is not None else list(self.state.owned | self.state.affine)
             held = sorted(pid for who in owners for pid in self.state.owned.get(who, ()))
-            affine = (owner is None and any(self.state.affine.values())) or bool(
-                self.state.affine.get(owner or ""))
-            if held or affine:
+            if held or any(self.state.affine.get(who) for who in owners):
                 self._commit([[RELEASE_OWNER, owner, now]])
             return held
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import codec, faults
 from .errors import CorruptStore, NotSerializable, StoreError, StoreIOError
-from .fsutil import DIR_MODE, io_error, write_replace
+from .fsutil import io_error, write_replace
 from .layout import leftover_temp, prepare_dir
 from .log import Log, Overtaken, segment_name
 from .state import StoreState
@@ -36,8 +36,7 @@ class Replica:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        prepare_dir(self.root)
-        (self.root / "log").mkdir(mode=DIR_MODE, exist_ok=True)
+        prepare_dir(self.root)  # creates log/ with a new store; a missing one is damage
         self._mutex = threading.RLock()
         self._log = Log(self.root)
         self._snapshot_bytes = 0
@@ -62,6 +61,8 @@ class Replica:
         itself once older segments are gone.
         """
         snapshot = self.root / "snapshot"
+        if not self._log.dir.is_dir():
+            raise CorruptStore(str(self._log.dir), 0, "missing: the store's log directory")
         segments = self._log.segments()
         if snapshot.exists():
             start, self.state = self._read_snapshot(snapshot)

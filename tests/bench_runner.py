@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from runner.owners import owner_pid
 from store import DirStore, NewPromise, Promise, open_store
 from tests.bench import Bench, Row
 
@@ -111,7 +112,7 @@ def kill_recovery(b: Bench) -> list[Row]:
             push = f"{root}.3"
             owner = _wait_for(store, watch, lambda p=push: _owner_of(store, p))
             killed = time.time()
-            os.kill(int(owner.split("@")[0]), signal.SIGKILL)
+            os.kill(owner_pid(owner) or 0, signal.SIGKILL)
             _wait_for(store, watch, lambda o=owner, p=push: (_owner_of(store, p) or o) != o or None)
             delays.append((time.time() - killed) * 1000)
             _wait_for(store, watch, lambda r=root: store.get(r).settled or None)  # type: ignore[union-attr]

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from examples.notify import read_outbox
 from store import DirStore, Promise, open_store
 from tests.helpers import Spawn, run_cli, runner_cmd, wait_until
@@ -142,17 +140,6 @@ class Workspace:
             self._store = None
 
 
-def owner_pid(owner: str) -> int:
-    """The pid in a claim owner `"<pid>@<start time>"`."""
-    return int(owner.split("@", 1)[0])
-
-
-def gone(pid: int) -> bool:
-    """Whether the process is dead (a zombie counts: it runs no more code)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def result_of(done: subprocess.CompletedProcess[str]) -> Any:

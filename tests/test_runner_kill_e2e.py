@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e_support import CHANNELS, Workspace, event, gone, owner_pid, result_of
+from runner.chaos import gone
+from runner.owners import owner_pid
+from tests.e2e_support import CHANNELS, Workspace, event, result_of
 from tests.helpers import kill_group, wait_until
 
 PUSH = 1.5  # seconds push takes: long enough to be killed mid-flight, short enough to wait for

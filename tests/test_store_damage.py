@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -193,6 +194,14 @@ def test_missing_snapshot_is_reported(store_dir: Path, monkeypatch: pytest.Monke
     (store_dir / "snapshot").unlink()
     err = refused(store_dir, CorruptStore)
     assert "missing" in str(err) and err.path == str(store_dir / "snapshot")
+
+
+def test_a_missing_log_directory_is_reported_not_read_as_an_empty_store(store_dir: Path) -> None:
+    fill(store_dir)
+    shutil.rmtree(store_dir / "log")
+    err = refused(store_dir, CorruptStore)
+    assert "missing" in str(err) and err.path == str(store_dir / "log")
+    assert not (store_dir / "log").exists()  # nothing was made up in its place
 
 
 def test_missing_segments_are_reported(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
