@@ -12,9 +12,9 @@ Points (all in store/):
   ``append.mid``            log.py: half of the frame is written, then the crash (a torn tail)
   ``append.before_sync``    log.py: the whole frame is written, not yet fdatasync'd
   ``append.after_sync``     log.py: the frame is durable, not yet applied or acknowledged
-  ``compact.after_rotate``  directory.py: the new segment exists, the snapshot is not written
-  ``compact.after_snapshot`` directory.py: the snapshot is in place, old segments not removed
-  ``locked.hold``           directory.py: the store lock is held, nothing is read or written yet
+  ``compact.after_rotate``  replica.py: the new segment exists, the snapshot is not written
+  ``compact.after_snapshot`` replica.py: the snapshot is in place, old segments not removed
+  ``locked.hold``           replica.py: the store lock is held, nothing is read or written yet
 
 Disk-full and sync errors are injected in-process instead, by monkeypatching
 ``store.log.write_all`` or ``os.fdatasync`` in a test: no production code path
