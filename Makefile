@@ -29,7 +29,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check runner store tests examples
-	$(BIN)/mypy runner store
+	$(BIN)/mypy runner
 
 examples: $(STAMP)
 	$(BIN)/python -m examples

@@ -8,6 +8,7 @@ code wherever it is claimed.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import tomllib
@@ -17,6 +18,8 @@ from pathlib import Path
 from runner.errors import AppError
 
 ENV_VAR = "RUNNER_APP"
+_OURS = Path(__file__).resolve().parent
+log = logging.getLogger(__name__)
 
 
 def load_apps(modules: Sequence[str] = (), cwd: Path | None = None) -> list[str]:
@@ -36,6 +39,7 @@ def load_apps(modules: Sequence[str] = (), cwd: Path | None = None) -> list[str]
     # A module file written after the import system last listed its directory (a test,
     # a freshly scaffolded project) would otherwise be missed.
     importlib.invalidate_caches()
+    _warn_if_shadowed(root)
     for name in names:
         try:
             importlib.import_module(name)
@@ -64,3 +68,15 @@ def _from_pyproject(root: Path) -> list[str]:
     if not isinstance(app, list) or not all(isinstance(name, str) and name for name in app):
         raise AppError(f"{path}: [tool.runner] app must be a list of module names, got {app!r}")
     return app
+
+
+def _warn_if_shadowed(root: Path) -> None:
+    """Say so when the project has a `runner` module of its own: ours is imported already.
+
+    The command itself is this package, so `import runner` in the user's app finds
+    ours, never theirs; nothing can make both importable under one name.
+    """
+    for candidate in (root / "runner.py", root / "runner" / "__init__.py"):
+        if candidate.exists() and candidate.resolve().parent != _OURS:
+            log.warning("%s is shadowed: 'import runner' gives fanout-runner's package here; "
+                        "rename your module", candidate)

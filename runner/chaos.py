@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from store import Promise, PromiseStore, State, StoreError, Task, open_store
+from runner.store import Promise, PromiseStore, State, StoreError, Task, open_store
 
 from .chaos_plan import Plan, Summary
 from .chaos_verdict import NOTIFY, Evidence, Kill, Report, Seen, Snapshot, judge

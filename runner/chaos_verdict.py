@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from store import Promise, State
+from runner.store import Promise, State
 
 from .owners import owner_pid
 

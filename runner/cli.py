@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from store import (
+from runner.store import (
     DirStore,
     InvalidId,
     NotFound,

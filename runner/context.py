@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from store import NewPromise, Promise, State, normalize
+from runner.store import NewPromise, Promise, State, normalize
 
 from .errors import Canceled, ChildFailed, NonDeterminism, TimedOut
 from .registry import Registry

@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.text import Text
 
-from store import DirStore, State
+from runner.store import DirStore, State
 
 from . import report, settle, views
 from .cli import EXIT_STORE, Env, cli, common, fail, parse_json, to_json

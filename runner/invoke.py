@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from store import NewPromise, Promise, PromiseStore, check_id
+from runner.store import NewPromise, Promise, PromiseStore, check_id
 
 from .errors import BadInput
 from .registry import Registry

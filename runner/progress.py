@@ -13,7 +13,7 @@ from types import TracebackType
 
 from rich.live import Live
 
-from store import PromiseStore
+from runner.store import PromiseStore
 
 from . import report, views
 

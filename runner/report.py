@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from store import NotFound, Promise, PromiseStore, State, Task
+from runner.store import NotFound, Promise, PromiseStore, State, Task
 
 from .owners import owner_pid
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from store import NotFound, Promise, PromiseStore, State
+from runner.store import NotFound, Promise, PromiseStore, State
 
 from .errors import AlreadySettled
 

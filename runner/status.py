@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from store import PromiseStore, Task
+from runner.store import PromiseStore, Task
 
 from .owners import owner_pid
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from store import DEFAULT_LEASE, PromiseStore, open_store
-from store.interface import Watchable
+from runner.store import DEFAULT_LEASE, PromiseStore, open_store
+from runner.store.interface import Watchable
 
 from .errors import SupervisorRunning
 from .owners import owner_id

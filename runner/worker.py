@@ -19,7 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from store import Claim, Completion, PromiseStore, StaleClaim, State, StoreError, StoreIOError, normalize
+from runner.store import (
+    Claim,
+    Completion,
+    PromiseStore,
+    StaleClaim,
+    State,
+    StoreError,
+    StoreIOError,
+    normalize,
+)
 
 from .context import Context, Current, error_value, set_current
 from .errors import NonDeterminism, RunnerError

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from store import Promise
+from runner.store import Promise
 
 from .context import Context, Handle
 

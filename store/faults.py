@@ -17,7 +17,7 @@ Points (all in store/):
   ``locked.hold``           replica.py: the store lock is held, nothing is read or written yet
 
 Disk-full and sync errors are injected in-process instead, by monkeypatching
-``store.log.write_all`` or ``os.fdatasync`` in a test: no production code path
+``runner.store.log.write_all`` or ``os.fdatasync`` in a test: no production code path
 exists for them.
 """
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from store import DirStore, NewPromise, State
+from runner.store import DirStore, NewPromise, State
 
 REPO = Path(__file__).resolve().parent.parent
 N = 2000  # timed operations per measurement

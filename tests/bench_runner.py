@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.owners import owner_pid
-from store import DirStore, NewPromise, Promise, open_store
+from runner.store import DirStore, NewPromise, Promise, open_store
 from tests.bench import Bench, Row
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from examples.notify import read_outbox
-from store import DirStore, Promise, open_store
+from runner.store import DirStore, Promise, open_store
 from tests.helpers import Spawn, run_cli, runner_cmd, wait_until
 
 APPS = "examples.notify,examples.fan_out,examples.fanout_rpc,examples.factorial,tests.apps.e2e"

@@ -25,7 +25,7 @@ from runner.chaos_plan import Plan, fixed_plan, random_plan
 from runner.chaos_verdict import NOTIFY, Evidence, Kill, Snapshot, judge
 from runner.durations import parse_duration
 from runner.registry import registry
-from store import Promise, State
+from runner.store import Promise, State
 from tests.helpers import REPO_ROOT, Spawn, run_cli, runner_cmd, wait_until
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from store import State
+from runner.store import State
 from tests.e2e_support import CHANNELS, Workspace, event, result_of, timed
 from tests.helpers import wait_until
 

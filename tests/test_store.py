@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import store.directory as directory
-import store.replica as replica
-from store import (
+import runner.store.directory as directory
+import runner.store.replica as replica
+from runner.store import (
     MAX_ID_BYTES,
     Completion,
     DirStore,
@@ -34,7 +34,7 @@ from store import (
     codec,
     open_store,
 )
-from store.directory import AFFINITY_GRACE
+from runner.store.directory import AFFINITY_GRACE
 
 # -- helpers -----------------------------------------------------------------------
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-import store.replica
-from store import DirStore, NewPromise, StaleClaim, State, TaskState
-from store.state import promise_to_list
+import runner.store.replica
+from runner.store import DirStore, NewPromise, StaleClaim, State, TaskState
+from runner.store.state import promise_to_list
 from tests.helpers import Spawn
 
 NOW = 1_000_000.0
@@ -37,10 +37,10 @@ LEASE = 30.0
 CHILD = r"""
 import json, sys
 spec = json.loads(sys.argv[1])
-import store.replica
+import runner.store.replica
 if spec.get("segment_bytes"):
-    store.replica.SEGMENT_BYTES = spec["segment_bytes"]
-from store import DirStore, NewPromise, State
+    runner.store.replica.SEGMENT_BYTES = spec["segment_bytes"]
+from runner.store import DirStore, NewPromise, State
 s = DirStore(spec["store"], lease=30.0)
 op, now = spec["op"], spec["now"]
 if op == "create":
@@ -306,7 +306,7 @@ FILL = [f"fill.{i:05d}" for i in range(3000)]
 ])
 def test_crash_during_compaction(store_dir: Path, processes: Spawn, monkeypatch: pytest.MonkeyPatch,
                                  point: str) -> None:
-    monkeypatch.setattr(store.replica, "SEGMENT_BYTES", 4096)  # compact every ~25 creates
+    monkeypatch.setattr(runner.store.replica, "SEGMENT_BYTES", 4096)  # compact every ~25 creates
     with closing(DirStore(store_dir, lease=LEASE)) as s:
         seed(s)
         before = dump(s)
@@ -348,7 +348,7 @@ def test_lagging_process_survives_two_compactions(store_dir: Path, monkeypatch: 
     would be acknowledged and then lost, and compacting from its stale state would
     drop everything the others wrote.
     """
-    monkeypatch.setattr(store.replica, "SEGMENT_BYTES", 2000)
+    monkeypatch.setattr(runner.store.replica, "SEGMENT_BYTES", 2000)
     idle, busy = DirStore(store_dir), DirStore(store_dir)
     idle.create([NewPromise("first", "leaf")], NOW)
     for i in range(100):

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-import store.log
-import store.replica
-from store import (
+import runner.store.log
+import runner.store.replica
+from runner.store import (
     CorruptStore,
     DirStore,
     NewPromise,
@@ -30,7 +30,7 @@ from store import (
     StoreUnavailable,
     codec,
 )
-from store.state import promise_to_list
+from runner.store.state import promise_to_list
 
 NOW = 1_000_000.0
 
@@ -166,7 +166,7 @@ def test_damaged_last_frame_with_whole_frames_after_in_next_segment(store_dir: P
 
 
 def _compacted(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setattr(store.replica, "SEGMENT_BYTES", 1500)
+    monkeypatch.setattr(runner.store.replica, "SEGMENT_BYTES", 1500)
     with closing(DirStore(store_dir)) as s:
         for i in range(60):
             s.create([NewPromise(f"c{i}", "leaf", ["y" * 40])], NOW)
@@ -316,7 +316,7 @@ def _ops(s: DirStore) -> dict[str, Any]:
 def test_disk_full_changes_nothing_and_the_change_succeeds_later(
         store_dir: Path, monkeypatch: pytest.MonkeyPatch, op: str, written: float) -> None:
     fill(store_dir)
-    real_write_all = store.log.write_all
+    real_write_all = runner.store.log.write_all
 
     def full(fd: int, data: bytes) -> None:  # a full disk, after part of the frame went out
         real_write_all(fd, data[: int(len(data) * written)])
@@ -325,14 +325,14 @@ def test_disk_full_changes_nothing_and_the_change_succeeds_later(
     with closing(DirStore(store_dir)) as s:
         before, files = dump(s), tree_bytes(store_dir)
         change = _ops(s)[op]
-        monkeypatch.setattr(store.log, "write_all", full)
+        monkeypatch.setattr(runner.store.log, "write_all", full)
         with pytest.raises(StoreFull):
             change()
         assert dump(s) == before, "memory changed by a failed write"
         assert tree_bytes(store_dir) == files, "disk changed by a failed write"
         with closing(DirStore(store_dir)) as other:
             assert dump(other) == before
-        monkeypatch.setattr(store.log, "write_all", real_write_all)
+        monkeypatch.setattr(runner.store.log, "write_all", real_write_all)
         change()  # the fault is gone: the very same change succeeds
         after = dump(s)
         assert after != before
@@ -369,12 +369,12 @@ def test_sync_failure_fails_the_change_and_leaves_no_readable_frame(
 def test_failed_snapshot_does_not_fail_a_durable_change(store_dir: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The change that crossed the segment limit is durable already: it is reported done."""
-    monkeypatch.setattr(store.replica, "SEGMENT_BYTES", 1500)
+    monkeypatch.setattr(runner.store.replica, "SEGMENT_BYTES", 1500)
 
     def full(path: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store.replica, "write_replace", full)
+    monkeypatch.setattr(runner.store.replica, "write_replace", full)
     with closing(DirStore(store_dir)) as s:
         for i in range(60):
             s.create([NewPromise(f"c{i}", "leaf", ["y" * 40])], NOW)

@@ -20,8 +20,8 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-import store.replica as replica
-from store import (
+import runner.store.replica as replica
+from runner.store import (
     Completion,
     DirStore,
     NewPromise,
@@ -32,7 +32,7 @@ from store import (
     TaskState,
     open_store,
 )
-from store.directory import AFFINITY_GRACE
+from runner.store.directory import AFFINITY_GRACE
 
 IDS = ["a", "b", "c", "a.0", "a.1", "b.0", "a.0.0", "a.0.1"]
 OWNERS = ["w1", "w2"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from store import DirStore, NewPromise, StaleClaim, State, StoreError, TaskState, open_store
+from runner.store import DirStore, NewPromise, StaleClaim, State, StoreError, TaskState, open_store
 from tests.helpers import Spawn
 
 # argv: store, owner, limit, release_every, out. Prints "ready", waits for one byte on
@@ -27,7 +27,7 @@ from tests.helpers import Spawn
 # is released instead of completed (and its late completion must be refused).
 WORKER = r"""
 import json, os, sys, time
-from store import open_store, State, StaleClaim
+from runner.store import open_store, State, StaleClaim
 root, owner, limit, release_every, out = sys.argv[1:6]
 limit, release_every = int(limit), int(release_every)
 s = open_store(root)
@@ -69,7 +69,7 @@ with open(out, "w") as f:
 # argv: store, owner, limit. Claims, prints the claims as JSON, then blocks until killed.
 HOLDER = r"""
 import json, sys
-from store import open_store
+from runner.store import open_store
 root, owner, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
 s = open_store(root)
 claims = s.claim(owner, limit=limit, lease=3600.0)
