@@ -32,7 +32,7 @@ from runner.store import (
     open_store,
 )
 
-from . import logs, progress
+from . import jsonout, logs, progress
 from .apps import load_apps
 from .durations import Duration
 from .errors import AppError, BadInput, RegistryError, RunnerError, SupervisorRunning
@@ -92,12 +92,13 @@ def parse_json(text: str, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadInput(f"{what} is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}") from None
+    except RecursionError:
+        raise BadInput(f"{what} is nested too deeply to read") from None
 
 
 def to_json(value: Any, *, indent: int | None = None) -> str:
-    """JSON for display: bytes and other non-JSON values print as text."""
-    return json.dumps(value, indent=indent, default=lambda v: v.decode("utf-8", "replace")
-                      if isinstance(v, bytes) else str(v))
+    """Strict JSON for output: bytes and non-finite floats as tagged objects (jsonout.py)."""
+    return jsonout.dumps(value, indent=indent)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -161,7 +162,7 @@ def invoke(env: Env, func: str, args: tuple[str, ...], promise_id: str | None, w
     deadline = None if timeout is None else time.time() + timeout  # children inherit it
     promise = submit(store, reg, func, values, root, timeout=deadline)
     if no_wait:
-        click.echo(promise.id)
+        click.echo(to_json({"id": promise.id, "state": promise.state.value}) if as_json else promise.id)
         return
     # Live progress only for a person at a terminal; pipes and --json get the plain result.
     with progress.for_invoke(store, promise.id, enabled=not as_json and sys.stdout.isatty()) as view:
@@ -177,8 +178,9 @@ def invoke(env: Env, func: str, args: tuple[str, ...], promise_id: str | None, w
 
 
 def show_result(promise: Promise, wall: float, as_json: bool) -> None:
-    if as_json:
-        click.echo(to_json(promise.value))
+    """The value alone for machines and pipes; with a status line and timings for a person."""
+    if as_json or not sys.stdout.isatty():
+        click.echo(to_json(promise.value, indent=None if as_json else 2))
         return
     click.echo(f"{promise.func} {promise.id} {promise.state.value} after {wall:.2f} s")
     click.echo(to_json(promise.value, indent=2))
@@ -189,6 +191,9 @@ def show_result(promise: Promise, wall: float, as_json: bool) -> None:
 
 
 def main() -> None:
+    # Integers are data of any size here (stored, shown and parsed whole), not the
+    # denial-of-service risk the interpreter's default digit limit guards a server against.
+    sys.set_int_max_str_digits(0)
     try:
         # Not standalone, so a usage error is ours to print: one line like every other error.
         code = cli.main(prog_name="runner", standalone_mode=False)
