@@ -35,7 +35,7 @@ from runner.store import (
 from . import jsonout, logs, progress
 from .apps import load_apps
 from .durations import Duration
-from .errors import AppError, BadInput, RegistryError, RunnerError, SupervisorRunning
+from .errors import AppError, BadInput, Interrupted, RegistryError, RunnerError, SupervisorRunning
 from .invoke import submit, wait
 from .registry import Registry, registry
 from .supervisor import Supervisor
@@ -76,6 +76,8 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(Env(store_dir, apps), **kwargs)
         except _INPUT_ERRORS as exc:
             fail(str(exc), EXIT_USAGE)
+        except Interrupted as exc:
+            fail(str(exc), exc.exit_code)
         except (RunnerError, StoreError) as exc:
             fail(str(exc), EXIT_STORE)
 

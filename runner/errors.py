@@ -6,6 +6,7 @@ message here is written to stand alone on one line.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 
 
@@ -80,6 +81,17 @@ class TimedOut(ChildFailed):
 
 class BadInput(RunnerError):
     """Input from the command line that cannot be used: bad JSON, a reserved id, and so on."""
+
+
+class Interrupted(RunnerError):
+    """Waiting for a run was stopped by a signal; the run itself stays on disk, unharmed."""
+
+    def __init__(self, promise_id: str, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; run {promise_id} is kept: "
+                         f"'runner invoke FUNC --id {promise_id}' or 'runner start' finishes it")
+        self.promise_id = promise_id
+        self.signum = signum
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 class SupervisorRunning(RunnerError):

@@ -8,17 +8,20 @@ works alone; if another waiter got there first and leaves, the next one takes ov
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner.store import NewPromise, Promise, PromiseStore, check_id
+from runner.store import NewPromise, Promise, PromiseStore, State, check_id
 
-from .errors import BadInput
+from .errors import BadInput, Interrupted
 from .registry import Registry
 from .supervisor import Supervisor
 
 BACKSTOP = 1.0  # seconds between looks at the store when nothing woke us
+# A run that ended like this abandoned its branches: waiting for them helps nobody.
+_ABANDONED = (State.REJECTED_TIMEDOUT, State.REJECTED_CANCELED)
 _CHILD_SUFFIX = re.compile(r"\.\d+\Z")
 
 
@@ -49,7 +52,10 @@ def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: s
     """Block until the promise settles, supervising the store ourselves when nobody does.
 
     `on_settled` hears of the result at once, before an embedded supervisor drains
-    (branches of this or other runs still running finish before it returns).
+    (branches of this or other runs still running finish before it returns; those of a
+    run that timed out or was cancelled are killed, their late results fenced off).
+    A SIGINT or SIGTERM stops the wait with Interrupted: the run stays on disk, and
+    whoever supervises the store next (a later invoke of the id, `runner start`) finishes it.
     """
     told = False
 
@@ -77,10 +83,20 @@ def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: s
 
                 def done() -> bool:
                     on_change()
-                    return settled(store.get(promise_id))
+                    promise = store.get(promise_id)
+                    if not settled(promise):
+                        return False
+                    assert promise is not None
+                    if promise.state in _ABANDONED:
+                        supervisor.stop_now()
+                    return True
 
                 supervisor.run(until=done)
+                if supervisor.stopped_by is not None:
+                    raise Interrupted(promise_id, supervisor.stopped_by)
                 continue
             watch.wait(BACKSTOP)
+    except KeyboardInterrupt:  # waiting on another supervisor's work: the run goes on there
+        raise Interrupted(promise_id, signal.SIGINT) from None
     finally:
         watch.close()

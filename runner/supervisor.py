@@ -45,6 +45,8 @@ class Supervisor:
         self.workers: dict[int, tuple[str, float]] = {}  # pid -> (owner, started)
         self.started = time.time()
         self._signals = 0
+        self.stopped_by: int | None = None  # the first SIGINT/SIGTERM received, if any
+        self._kill = False
         self._draining = False
         self._restart_at: list[float] = []
         self._pipe: tuple[int, int] | None = None
@@ -74,10 +76,10 @@ class Supervisor:
                 self._wait(watch, min(next_tick, *self._restart_at, time.monotonic() + TICK))
                 self._reap()
                 self._restart_due()
-                if self._signals >= 2:
-                    self._signal_all(signal.SIGKILL)
-                elif self._signals == 1 or (until is not None and until()):
+                if self._signals >= 1 or (until is not None and until()):
                     self._drain()
+                if self._signals >= 2 or self._kill:
+                    self._signal_all(signal.SIGKILL)
                 if time.monotonic() >= next_tick:
                     self.store.expire()
                     next_tick = time.monotonic() + TICK
@@ -100,8 +102,17 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._count_signal)
         return previous
 
-    def _count_signal(self, *_: object) -> None:
+    def _count_signal(self, signum: int, _frame: object) -> None:
         self._signals += 1
+        if self.stopped_by is None:
+            self.stopped_by = signum
+
+    def stop_now(self) -> None:
+        """Kill the workers instead of draining them: what they run is not wanted.
+
+        Safe at any instant: their claims are fenced and given back as they are reaped.
+        """
+        self._kill = True
 
     def _restore_signals(self, previous: dict[int, object]) -> None:
         signal.set_wakeup_fd(-1)
