@@ -27,6 +27,24 @@ def sync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path) -> None:
+    """Create `path` and its missing parents, each name synced into its parent.
+
+    mkdir(parents=True) would leave every new entry in the page cache only: after a
+    power cut the store, or a folder above it, could be gone with all it acknowledged.
+    """
+    if path.is_dir():
+        return
+    make_dirs(path.parent)
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return  # another process created it, and syncs it into its parent
+    sync_dir(path.parent)
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Write every byte or raise: a short write on a regular file means the disk is full."""
     view = memoryview(data)

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import codec
 from .errors import InvalidId, StoreFormatError, StoreUnavailable
-from .fsutil import DIR_MODE, create_once, io_error, sync_dir
+from .fsutil import DIR_MODE, create_once, io_error, make_dirs, sync_dir
 from .types import MAX_ID_BYTES
 
 FORMAT_NAME = "fanout-runner-store"
@@ -51,8 +51,8 @@ def _format_bytes() -> bytes:
 def prepare_dir(root: Path) -> None:
     """Create the store directory, or check that an existing one is ours and usable."""
     try:
-        root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    except FileExistsError:
+        make_dirs(root)
+    except (FileExistsError, NotADirectoryError):
         raise StoreUnavailable(f"store path {root} exists and is not a directory") from None
     except OSError as exc:
         raise StoreUnavailable(f"cannot create store directory {root}: {exc.strerror}") from None
@@ -69,7 +69,8 @@ def prepare_dir(root: Path) -> None:
         try:
             (root / "log").mkdir(mode=DIR_MODE, exist_ok=True)
             create_once(fmt, _format_bytes())  # its fsync of root also keeps log/'s name
-            sync_dir(root.resolve().parent)  # and the store directory's own name
+            # and the store's own name, even if a crashed process created the directory
+            sync_dir(root.resolve().parent)
         except OSError as exc:
             raise io_error(exc, f"creating store {root}") from None
     try:

@@ -109,7 +109,12 @@ class Log:
     # -- reading ----------------------------------------------------------------
 
     def read_new(self) -> list[bytes]:
-        """Payloads appended since the cursor, moving the cursor past them. Call under the lock."""
+        """Payloads appended since the cursor, moving the cursor past them. Call under the lock.
+
+        These frames are other processes' (our own appends move the cursor), and one
+        may be unsynced: its writer died between its write and its fdatasync. The
+        caller is about to act on them, so they are synced first, once per catch-up.
+        """
         payloads: list[bytes] = []
         while True:
             assert self._fd is not None, "log cursor not started"
@@ -127,6 +132,8 @@ class Log:
                 self._bad_tail(buf, end, sealed=has_next)
             self.offset += end
             if not has_next:
+                if payloads:
+                    self.sync()  # earlier segments were synced by whoever rotated past them
                 return payloads
             self.start_at(self.segment + 1)
 
@@ -167,12 +174,7 @@ class Log:
         self.offset += len(data)
 
     def sync(self) -> None:
-        """fdatasync the segment the cursor is in. Call under the lock.
-
-        A frame read here may come from a writer that died between its write and its
-        sync; syncing makes it durable before the reader tells anyone about it.
-        Earlier segments were synced before the log moved past them.
-        """
+        """fdatasync the segment the cursor is in. Call under the lock."""
         assert self._fd is not None, "log cursor not started"
         try:
             os.fdatasync(self._fd)

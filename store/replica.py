@@ -166,11 +166,10 @@ class Replica:
     def make_durable(self) -> None:
         """Make every change this handle has read durable, whoever wrote it.
 
-        Call before acknowledging what was read to someone outside (invoke printing a
-        result): its writer may have died after writing it and before syncing it.
+        Catching up already syncs every frame it reads (Log.read_new), so this is a
+        refresh: a caller about to print a result says so explicitly.
         """
-        with self._locked():
-            self._log.sync()
+        self.refresh()
 
     def watch(self) -> Watch:
         """A descriptor that turns readable when any process writes to this store."""
