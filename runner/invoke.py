@@ -81,7 +81,7 @@ def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: s
                 supervisor = Supervisor(store, store_dir, registry, workers=workers,
                                         concurrency=concurrency)
 
-                def done() -> bool:
+                def done(supervisor: Supervisor = supervisor) -> bool:
                     on_change()
                     promise = store.get(promise_id)
                     if not settled(promise):
