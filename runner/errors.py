@@ -86,9 +86,9 @@ class BadInput(RunnerError):
 class Interrupted(RunnerError):
     """Waiting for a run was stopped by a signal; the run itself stays on disk, unharmed."""
 
-    def __init__(self, promise_id: str, signum: int) -> None:
+    def __init__(self, promise_id: str, func: str, signum: int) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name}; run {promise_id} is kept: "
-                         f"'runner invoke FUNC --id {promise_id}' or 'runner start' finishes it")
+                         f"'runner invoke {func} --id {promise_id}' or 'runner start' finishes it")
         self.promise_id = promise_id
         self.signum = signum
         self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

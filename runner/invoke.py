@@ -93,10 +93,16 @@ def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: s
 
                 supervisor.run(until=done)
                 if supervisor.stopped_by is not None:
-                    raise Interrupted(promise_id, supervisor.stopped_by)
+                    raise _interrupted(store, promise_id, supervisor.stopped_by)
                 continue
             watch.wait(BACKSTOP)
     except KeyboardInterrupt:  # waiting on another supervisor's work: the run goes on there
-        raise Interrupted(promise_id, signal.SIGINT) from None
+        raise _interrupted(store, promise_id, signal.SIGINT) from None
     finally:
         watch.close()
+
+
+def _interrupted(store: PromiseStore, promise_id: str, signum: int) -> Interrupted:
+    """The error that tells the user how to pick the run up again, by its function's name."""
+    promise = store.get(promise_id, fresh=False)  # read already: no lock needed to name it
+    return Interrupted(promise_id, promise.func if promise is not None else "FUNC", signum)

@@ -108,9 +108,11 @@ class Supervisor:
             self.stopped_by = signum
 
     def stop_now(self) -> None:
-        """Kill the workers instead of draining them: what they run is not wanted.
+        """Kill the workers instead of draining them: the run they served was abandoned.
 
         Safe at any instant: their claims are fenced and given back as they are reaped.
+        A branch of another run that was in flight on them runs again under the next
+        supervisor, as after any crash.
         """
         self._kill = True
 

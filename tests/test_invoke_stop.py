@@ -33,6 +33,7 @@ def test_one_signal_drains_exits_and_the_run_finishes_later(ws: Workspace, sig: 
     assert proc.wait(timeout=20) == code, ws.stderr("once")
     stderr = ws.stderr("once")
     assert f"interrupted by {signal.Signals(sig).name}" in stderr and "Traceback" not in stderr
+    assert "runner invoke notify_all --id once" in stderr
     assert all(gone(pid) for pid in workers)
     assert ws.settled("once.3"), "a drain lets the branch in flight finish and be written"
     assert not ws.settled("once"), "the run waits on disk for the next supervisor"
