@@ -152,13 +152,26 @@ class DirStore(Replica):
         with self._mutex:
             return self.state.delayed[0][0] if self.state.delayed else None
 
-    def heartbeat(self, owner: str, now: float | None = None, *, lease: float | None = None) -> int:
-        """Extend every lease `owner` holds; returns how many."""
+    def heartbeat(self, owner: str, now: float | None = None, *, lease: float | None = None,
+                  ids: Sequence[str] | None = None) -> int:
+        """Extend the leases `owner` holds (only those of `ids`, if given); returns how many.
+
+        A worker names the tasks it is running, so a claim it holds for a task that ended
+        without giving it back is not kept alive: it lapses and is released.
+        """
         now = time.time() if now is None else now
+        expires = now + (self.lease if lease is None else lease)
         with self._locked():
-            held = len(self.state.owned.get(owner, ()))
+            owned = self.state.owned.get(owner, set())
+            if ids is None:
+                held = len(owned)
+                op: list[Any] = [HEARTBEAT, owner, expires]
+            else:
+                renewed = sorted(owned.intersection(ids))
+                held = len(renewed)
+                op = [HEARTBEAT, owner, expires, renewed]
             if held:
-                self._commit([[HEARTBEAT, owner, now + (self.lease if lease is None else lease)]])
+                self._commit([op])
             return held
 
     def _fenced(self, promise_id: str, counter: int) -> None:

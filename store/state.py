@@ -93,7 +93,10 @@ class StoreState:
         elif code == CLAIM:
             self._claim(op[1], op[2], op[3], op[4], op[5])
         elif code == HEARTBEAT:
-            for pid in self.owned.get(op[1], ()):
+            # [h, owner, expires] renews every claim of owner (the logs of earlier versions);
+            # [h, owner, expires, ids] only those of ids it still holds.
+            owned = self.owned.get(op[1], set())
+            for pid in owned if len(op) < 4 else owned.intersection(op[3]):
                 task = self.tasks[pid]
                 if task.expires_at is None or op[2] < task.expires_at:
                     # A heartbeat with a shorter lease moves the expiry
