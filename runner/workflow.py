@@ -9,6 +9,7 @@ coroutine where it stopped; anyone else replays it from the top.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,10 @@ from typing import Any
 from runner.store import Promise
 
 from .context import Context, Handle
+
+log = logging.getLogger(__name__)
+
+_CLOSE_TRIES = 8  # closes of a coroutine whose `finally` blocks keep awaiting; then the GC has it
 
 
 @dataclass(slots=True)
@@ -46,7 +51,13 @@ class WorkflowRun:
         self.waiting_on = ""  # the child it awaits
 
     def step(self, settled: Promise | None = None) -> Step:
-        """Run until the next unsettled await, the end, or an error."""
+        """Run until the next unsettled await, the end, or an error.
+
+        Whatever the coroutine raises fails this attempt, BaseException included: a
+        workflow's `sys.exit()` or `raise KeyboardInterrupt` is its own error, never the
+        worker's (a worker ignores SIGINT; its shutdown never interrupts a step, which runs
+        to its next await without yielding to the loop).
+        """
         try:
             yielded = self.coro.send(settled)
         except StopIteration as stop:
@@ -55,16 +66,29 @@ class WorkflowRun:
             except Exception as exc:
                 return Failed(exc)
             return Finished(stop.value)
-        except Exception as exc:
+        except BaseException as exc:
             return Failed(exc)
         if not isinstance(yielded, Handle):
-            self.coro.close()
+            self.close()
             return Failed(TypeError(
                 f"workflow {self.ctx.id} awaited {yielded!r}: a workflow may only await ctx handles"))
         return Waiting(yielded.id)
 
     def close(self) -> None:
-        self.coro.close()
+        """Drop the coroutine; whatever its `finally` blocks do about it is not our failure.
+
+        A `finally: await ctx.run(cleanup)` awaits a child nobody recorded, so the coroutine
+        yields where it should exit ("coroutine ignored GeneratorExit") and stays
+        suspended in its `finally`; closing again ends it there, one try per such await.
+        Its cleanup still runs, durably, when the workflow replays from the store.
+        """
+        for _ in range(_CLOSE_TRIES):
+            try:
+                self.coro.close()
+                return
+            except BaseException as exc:
+                log.info("%s: closing its coroutine raised %r (ignored: it replays from the store)",
+                         self.ctx.id, exc)
 
 
 class RunCache:
