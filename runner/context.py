@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.store import NewPromise, Promise, State, normalize
+from runner.store import MAX_ID_BYTES, NewPromise, Promise, State, normalize
 
-from .errors import Canceled, ChildFailed, NonDeterminism, TimedOut
+from .errors import Canceled, ChildFailed, ChildIdTooLong, NonDeterminism, TimedOut
 from .registry import Registry
 
 EXTERNAL = "<external>"  # func of a promise no function runs: settled from outside
@@ -131,14 +131,18 @@ class Context:
         position = self._position
         self._position += 1
         cid = child_id(self.id, position)
+        size = len(cid.encode("utf-8"))
+        if size > MAX_ID_BYTES:  # refused here, where the workflow can see it, not at the write
+            raise ChildIdTooLong(self.id, position, size, MAX_ID_BYTES)
         args = normalize(args)  # also refuses what cannot be stored, in the workflow's frame
+        tags = normalize(tags or {})
         recorded = self._recorded.get(cid)
         if recorded is not None:
             if recorded.func != func or recorded.args != args:
                 found = func if recorded.func != func else f"{func} with other arguments"
                 raise NonDeterminism(self.id, position, recorded.func, found)
         else:
-            self._new.append(NewPromise(cid, func, args, parent=self.id, tags=tags or {},
+            self._new.append(NewPromise(cid, func, args, parent=self.id, tags=tags,
                                         timeout=self._timeout, runnable=runnable))
         return Handle(self, cid)
 

@@ -49,6 +49,29 @@ class NonDeterminism(RunnerError):
         self.found = found
 
 
+class ChildIdTooLong(RunnerError):
+    """A child's id (`<parent>.<position>`) would pass the store's limit on id size.
+
+    Raised at `ctx.run` (or `ctx.rpc`, `ctx.promise`), inside the workflow, before
+    anything is written: a recursion that deep, or a parent id that long, cannot be stored.
+    """
+
+    def __init__(self, parent: str, position: int, size: int, limit: int) -> None:
+        super().__init__(f"child {position} of {_short(parent)} would have an id of {size} bytes, "
+                         f"past the limit of {limit}: the call tree is too deep (or its ids too long)")
+        self.parent = parent
+        self.position = position
+        self.size = size
+        self.limit = limit
+
+
+def _short(promise_id: str, keep: int = 60) -> str:
+    """An id fit for a one-line message: a long one shows its two ends."""
+    if len(promise_id) <= keep:
+        return repr(promise_id)
+    return f"{promise_id[:keep // 2]!r}...{promise_id[-keep // 2:]!r} ({len(promise_id)} characters)"
+
+
 class AppError(RunnerError):
     """The user's app modules (where functions get registered) could not be loaded."""
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner.store import NewPromise, Promise, PromiseStore, State, check_id
+from runner.store import MAX_ID_BYTES, NewPromise, Promise, PromiseStore, State, check_id
 
 from .errors import BadInput, Interrupted
 from .registry import Registry
@@ -23,13 +23,23 @@ BACKSTOP = 1.0  # seconds between looks at the store when nothing woke us
 # A run that ended like this abandoned its branches: waiting for them helps nobody.
 _ABANDONED = (State.REJECTED_TIMEDOUT, State.REJECTED_CANCELED)
 _CHILD_SUFFIX = re.compile(r"\.\d+\Z")
+# Bytes of the id limit kept for descendants' suffixes (`.<n>` per level): 16 levels of
+# `.999`. A deeper tree, or a wider one, may still pass the limit; ctx.run refuses that child.
+DESCENDANT_RESERVE = 64
+MAX_ROOT_ID_BYTES = MAX_ID_BYTES - DESCENDANT_RESERVE
 
 
 def check_root_id(promise_id: str) -> str:
-    """A root id may be any storable text but the form of a child's id, so none can collide."""
+    """A root id may be any storable text but the form of a child's id, so none can collide,
+    and short enough that its children's ids fit too."""
     check_id(promise_id)
     if _CHILD_SUFFIX.search(promise_id):
         raise BadInput(f"id {promise_id!r} ends in '.<number>', the form reserved for child promises")
+    size = len(promise_id.encode("utf-8"))
+    if size > MAX_ROOT_ID_BYTES:
+        raise BadInput(f"a root id may be at most {MAX_ROOT_ID_BYTES} bytes of UTF-8, got {size}: "
+                       f"the last {DESCENDANT_RESERVE} of the {MAX_ID_BYTES} a promise id may have are "
+                       "kept for its children's ids")
     return promise_id
 
 
