@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from runner.store import (
+    DEFAULT_LEASE,
     DirStore,
     InvalidId,
     NotFound,
@@ -117,8 +118,11 @@ def cli() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 1024),
               help="Branches each worker runs at once.")
+@click.option("--lease", type=Duration(), default=DEFAULT_LEASE, show_default=True,
+              help="How long a claim outlives its worker's last heartbeat (every third of it), "
+                   "when nobody saw the worker die.")
 @common
-def start(env: Env, workers: int, concurrency: int) -> None:
+def start(env: Env, workers: int, concurrency: int, lease: float) -> None:
     """Run the supervisor and its workers until Ctrl-C or SIGTERM (a second one kills).
 
     \b
@@ -131,7 +135,7 @@ def start(env: Env, workers: int, concurrency: int) -> None:
         raise SupervisorRunning(f"a supervisor is already running on {env.store_dir}")
     click.echo(f"runner: supervisor {os.getpid()} on {env.store_dir} with {workers} workers "
                f"x {concurrency} (Ctrl-C drains, a second Ctrl-C kills)", err=True)
-    Supervisor(store, env.store_dir, reg, workers=workers, concurrency=concurrency).run()
+    Supervisor(store, env.store_dir, reg, workers=workers, concurrency=concurrency, lease=lease).run()
     click.echo("runner: supervisor stopped", err=True)
 
 

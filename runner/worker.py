@@ -4,6 +4,11 @@ One asyncio loop per process. Leaves run in a thread pool (sync) or on the loop
 (async), up to `concurrency` at once; workflows are stepped on the loop and
 hold no slot while they wait. The worker sleeps on the store's watch
 descriptor, so new work wakes it at once; a short timeout is only a backstop.
+Heartbeats run on a thread of their own, so a leaf that blocks the loop keeps its lease.
+
+Whatever escapes a user's function, BaseException included, is a failed attempt of
+that function: retried or rejected by its policy. Only the worker's own shutdown
+(the cancellation of its tasks) is not; the supervisor gives those claims back.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import ctypes
 import logging
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +40,7 @@ from .context import Context, Current, error_value, set_current
 from .errors import NonDeterminism, RunnerError
 from .owners import owner_id
 from .registry import Registered, Registry
+from .retry import Retry
 from .workflow import Failed, Finished, RunCache, WorkflowRun
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,7 @@ class Worker:
         self.concurrency = concurrency
         self.lease = lease
         self.running: dict[str, asyncio.Task[None]] = {}
+        self._running_lock = threading.Lock()  # the heartbeat thread reads `running` too
         self.cache = RunCache()
         self.draining = False
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="leaf")
@@ -84,7 +92,9 @@ class Worker:
         watch = self.store.watch()
         loop.add_reader(watch.fileno(), self._changed, watch)
         loop.add_signal_handler(signal.SIGTERM, self.drain)
-        beats = asyncio.create_task(self._heartbeats())
+        stop = threading.Event()
+        beats = threading.Thread(target=self._heartbeats, args=(stop,), name="heartbeat", daemon=True)
+        beats.start()
         try:
             while not self.draining:
                 free = self.concurrency - len(self.running)
@@ -97,7 +107,8 @@ class Worker:
             if self.running:
                 await asyncio.wait(list(self.running.values()))
         finally:
-            beats.cancel()
+            stop.set()
+            beats.join()
             loop.remove_reader(watch.fileno())
             watch.close()
             self._executor.shutdown(wait=False)
@@ -122,23 +133,38 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _heartbeats(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease / 3)
+    def _heartbeats(self, stop: threading.Event) -> None:
+        """Renew our leases every third of a lease, on a thread of its own.
+
+        Not on the loop: an `async def` leaf that blocks it (time.sleep inside) would
+        starve the heartbeats, its lease would lapse and another worker would run it again
+        while it still runs here. The store handle is safe to share: every call takes its
+        mutex before its file lock.
+        """
+        while not stop.wait(self.lease / 3):
             try:
-                self.store.heartbeat(self.owner)
-            except StoreIOError:
+                self.beat()
+            except Exception:
                 # Without heartbeats our leases would lapse while we keep working:
                 # better to die now and have the supervisor release and restart at once.
                 log.exception("heartbeat failed; worker exits to reopen the store")
                 os._exit(3)
 
+    def beat(self, now: float | None = None) -> int:
+        """Renew the leases of the tasks running now, and of no other claim we may hold:
+        a claim whose task ended without giving it back lapses, and is released."""
+        with self._running_lock:
+            ids = list(self.running)
+        return self.store.heartbeat(self.owner, now, ids=ids) if ids else 0
+
     def _start(self, claim: Claim) -> None:
         task = asyncio.create_task(self._execute(claim))
-        self.running[claim.id] = task
+        with self._running_lock:
+            self.running[claim.id] = task
 
         def done(_: asyncio.Task[None]) -> None:
-            self.running.pop(claim.id, None)
+            with self._running_lock:
+                self.running.pop(claim.id, None)
             assert self._wake is not None
             self._wake.set()
 
@@ -147,23 +173,47 @@ class Worker:
     # -- one task ------------------------------------------------------------
 
     async def _execute(self, claim: Claim) -> None:
+        """Run one claimed task. However it ends, its claim is not left held by us."""
+        policy = _ONE_ATTEMPT
         try:
             try:
                 entry = self.registry.lookup(claim.promise.func)
             except RunnerError as exc:
                 self._finish(claim, State.REJECTED, error_value(exc))
                 return
+            policy = entry.retry
             if entry.is_workflow:
                 self._run_workflow(claim, entry)
             else:
                 await self._run_leaf(claim, entry)
-        except StaleClaim as exc:
-            # Someone else holds it now (we were seen as dead, or it was settled
-            # from outside): our result is not wanted, and the store refused it.
-            log.info("%s: dropped stale work: %s", claim.id, exc)
-        except StoreIOError:
-            log.exception("%s: store write failed; worker exits to reopen the store", claim.id)
-            os._exit(3)
+        except asyncio.CancelledError:
+            raise  # the worker's own shutdown: the supervisor gives our claims back when we exit
+        except BaseException as exc:
+            self._escaped(claim, policy, exc)
+
+    def _escaped(self, claim: Claim, policy: Retry, exc: BaseException) -> None:
+        """The last resort for what escaped a task's run: end the attempt anyway."""
+        if _store_said_stop(claim, exc):
+            return
+        log.error("%s: %r escaped its run; the attempt fails", claim.id, exc, exc_info=exc)
+        try:
+            if not self._retried(claim, policy, exc):
+                self._finish(claim, State.REJECTED, error_value(exc))
+        except BaseException as again:
+            if not _store_said_stop(claim, again):
+                # No longer renewed by our heartbeats, the claim lapses and is released.
+                log.exception("%s: cannot end the attempt; its lease will lapse", claim.id)
+
+    def _retried(self, claim: Claim, policy: Retry, exc: BaseException) -> bool:
+        """Give the claim back for a later attempt, if the policy grants one."""
+        delay = policy.next_delay(claim.attempt, exc)
+        if delay is None:
+            return False
+        log.info("%s: attempt %d failed (%r), retry in %.3fs", claim.id, claim.attempt, exc, delay)
+        # A message the store cannot hold (lone surrogates, say) must not lose the retry.
+        error = _storable(State.REJECTED, error_value(exc))[1]
+        self.store.retry(claim.id, claim.counter, delay=delay, error=error)
+        return True
 
     def _finish(self, claim: Claim, state: State, value: Any, creates: list[Any] | None = None) -> None:
         state, value = _storable(state, value)
@@ -188,37 +238,48 @@ class Worker:
         outcomes: list[Any]
         try:
             outcomes = self.store.complete_many([item for item, _ in batch])
-        except StoreError as exc:
+        except Exception as exc:  # every waiting leaf hears of it: none may wait for ever
             outcomes = [exc] * len(batch)
         for (_, done), outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, StoreError):
+            if isinstance(outcome, Exception):
                 done.set_exception(outcome)
             else:
                 done.set_result(None)
 
     async def _run_leaf(self, claim: Claim, entry: Registered) -> None:
+        """Run the leaf; what it raises comes back as a value, never through asyncio.
+
+        Through asyncio it would not arrive: a StopIteration set on a future is refused
+        (the future never completes), and a SystemExit or KeyboardInterrupt in a task is
+        raised out of the event loop, ending the worker.
+        """
         info = Current(claim.id, claim.attempt, claim.promise.func, self.store_dir)
         args = claim.promise.args
-        try:
-            if entry.is_async:
-                async def call_async() -> Any:
-                    set_current(info)
-                    return await entry.fn(*args)
+        if entry.is_async:
+            async def call_async() -> tuple[Any, BaseException | None]:
+                set_current(info)
+                try:
+                    return await entry.fn(*args), None
+                except asyncio.CancelledError as exc:
+                    if _cancelled_by_us():
+                        raise
+                    return None, exc  # the leaf's own: it awaited something cancelled
+                except BaseException as exc:
+                    return None, exc
 
-                value = await asyncio.create_task(call_async())
-            else:
-                def call() -> Any:
-                    set_current(info)
-                    return entry.fn(*args)
+            value, error = await asyncio.create_task(call_async())
+        else:
+            def call() -> tuple[Any, BaseException | None]:
+                set_current(info)
+                try:
+                    return entry.fn(*args), None
+                except BaseException as exc:
+                    return None, exc
 
-                value = await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        except Exception as exc:
-            delay = entry.retry.next_delay(claim.attempt, exc)
-            if delay is None:
-                await self._finish_leaf(claim, State.REJECTED, error_value(exc))
-            else:
-                log.info("%s: attempt %d failed (%s), retry in %.3fs", claim.id, claim.attempt, exc, delay)
-                self.store.retry(claim.id, claim.counter, delay=delay, error=error_value(exc))
+            value, error = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        if error is not None:
+            if not self._retried(claim, entry.retry, error):
+                await self._finish_leaf(claim, State.REJECTED, error_value(error))
             return
         await self._finish_leaf(claim, State.RESOLVED, value)
         if fault_rerun_settled(entry.name) and not entry.is_async:  # a test-only fault
@@ -263,6 +324,28 @@ class Worker:
             self._finish(claim, State.REJECTED, error_value(exc))
             return None
         return WorkflowRun(ctx, coro)
+
+
+def _store_said_stop(claim: Claim, exc: BaseException) -> bool:
+    """Handle the store's refusals that end a task's work here; False for anything else."""
+    if isinstance(exc, StaleClaim):
+        # Someone else holds it now (we were seen as dead, or it was settled
+        # from outside): our result is not wanted, and the store refused it.
+        log.info("%s: dropped stale work: %s", claim.id, exc)
+        return True
+    if isinstance(exc, StoreIOError):
+        log.exception("%s: store write failed; worker exits to reopen the store", claim.id)
+        os._exit(3)
+    return False
+
+
+_ONE_ATTEMPT = Retry.none()  # the policy of a task whose function is unknown
+
+
+def _cancelled_by_us() -> bool:
+    """Whether the running task is being cancelled, rather than user code raising CancelledError."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _storable(state: State, value: Any) -> tuple[State, Any]:
