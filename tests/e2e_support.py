@@ -19,7 +19,8 @@ from examples.notify import read_outbox
 from runner.store import DirStore, Promise, open_store
 from tests.helpers import Spawn, run_cli, runner_cmd, wait_until
 
-APPS = "examples.notify,examples.fan_out,examples.fanout_rpc,examples.factorial,tests.apps.e2e"
+APPS = ("examples.notify,examples.fan_out,examples.fanout_rpc,examples.factorial,tests.apps.e2e,"
+        "tests.apps.robust")
 CHANNELS = ("email", "sms", "slack", "push")
 
 
