@@ -93,7 +93,7 @@ class Worker:
         loop.add_reader(watch.fileno(), self._changed, watch)
         loop.add_signal_handler(signal.SIGTERM, self.drain)
         stop = threading.Event()
-        beats = threading.Thread(target=self._heartbeats, args=(stop,), name="heartbeat", daemon=True)
+        beats = threading.Thread(target=self._heartbeats, args=(stop, loop), name="heartbeat", daemon=True)
         beats.start()
         try:
             while not self.draining:
@@ -133,15 +133,23 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    def _heartbeats(self, stop: threading.Event) -> None:
+    def _heartbeats(self, stop: threading.Event, loop: asyncio.AbstractEventLoop) -> None:
         """Renew our leases every third of a lease, on a thread of its own.
 
         Not on the loop: an `async def` leaf that blocks it (time.sleep inside) would
         starve the heartbeats, its lease would lapse and another worker would run it again
         while it still runs here. The store handle is safe to share: every call takes its
-        mutex before its file lock.
+        mutex before its file lock. Each beat also pings the loop, to say when it is blocked.
         """
+        pinged: float | None = None  # when the ping the loop has not answered yet was sent
+        answered = threading.Event()
         while not stop.wait(self.lease / 3):
+            if pinged is None or answered.is_set():
+                pinged = time.monotonic()
+                answered.clear()
+                loop.call_soon_threadsafe(answered.set)
+            else:
+                self._blocked(time.monotonic() - pinged)
             try:
                 self.beat()
             except Exception:
@@ -149,6 +157,12 @@ class Worker:
                 # better to die now and have the supervisor release and restart at once.
                 log.exception("heartbeat failed; worker exits to reopen the store")
                 os._exit(3)
+
+    def _blocked(self, seconds: float) -> None:
+        with self._running_lock:
+            ids = sorted(self.running)
+        log.warning("event loop blocked for %.0f s: an async leaf that blocks it (time.sleep, say) "
+                    "stalls every task of this worker; running now: %s", seconds, ", ".join(ids))
 
     def beat(self, now: float | None = None) -> int:
         """Renew the leases of the tasks running now, and of no other claim we may hold:
@@ -195,7 +209,10 @@ class Worker:
         """The last resort for what escaped a task's run: end the attempt anyway."""
         if _store_said_stop(claim, exc):
             return
-        log.error("%s: %r escaped its run; the attempt fails", claim.id, exc, exc_info=exc)
+        # One line: users' code can cause this (an error whose str() raises), and a command
+        # prints no traceback for what a user can cause; --log-level debug shows it.
+        log.error("%s: %r escaped its run; the attempt fails", claim.id, exc,
+                  exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
         try:
             if not self._retried(claim, policy, exc):
                 self._finish(claim, State.REJECTED, error_value(exc))

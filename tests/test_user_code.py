@@ -65,6 +65,17 @@ def test_a_leaf_raising_a_base_exception_is_retried_then_rejected(ws: Workspace,
     assert len(ws.supervisor()["workers"]) == 1  # the one worker served them all: it never died
 
 
+def test_an_error_that_fails_when_recorded_still_ends_its_attempts(ws: Workspace) -> None:
+    """What escapes the worker's own handling of a task is a failed attempt too."""
+    trace = ws.root / "unprintable.jsonl"
+    done = ws.invoke("unprintable", str(trace), extra=("--log-level", "info"), timeout=30)
+
+    assert rejected_with(done)["type"] in ("Unprintable", "ValueError")  # whichever could be stored
+    assert [line["attempt"] for line in traces(trace)] == [1, 2]
+    assert "escaped its run; the attempt fails" in done.stderr
+    assert "Task exception was never retrieved" not in done.stderr
+
+
 def test_a_workflow_raising_a_base_exception_is_rejected(ws: Workspace) -> None:
     ws.start(workers=1)
     for kind in KINDS:
@@ -195,6 +206,8 @@ def test_an_async_leaf_blocking_its_loop_past_the_lease_runs_once(ws: Workspace)
     assert result_of(ws.invoke("blocks_loop", str(trace), 8, promise_id="blocked", timeout=60)) == "unblocked"
     assert len(traces(trace)) == 1
     assert ws.get("blocked").attempt == 1
+    logged = ws.stderr("supervisor")
+    assert "event loop blocked" in logged and "running now: blocked" in logged  # said loudly
 
 
 def test_heartbeats_renew_only_the_claims_of_running_tasks(tmp_path: Path) -> None:
