@@ -200,10 +200,10 @@ class Worker:
                 self._run_workflow(claim, entry)
             else:
                 await self._run_leaf(claim, entry)
-        except asyncio.CancelledError:
-            raise  # the worker's own shutdown: the supervisor gives our claims back when we exit
         except BaseException as exc:
-            self._escaped(claim, policy, exc)
+            if isinstance(exc, asyncio.CancelledError) and _cancelled_by_us():
+                raise  # the worker's own shutdown: the supervisor gives our claims back when we exit
+            self._escaped(claim, policy, exc)  # a leaf that cancelled its own task, too
 
     def _escaped(self, claim: Claim, policy: Retry, exc: BaseException) -> None:
         """The last resort for what escaped a task's run: end the attempt anyway."""

@@ -29,7 +29,7 @@ from runner.workflow import Waiting, WorkflowRun
 from tests.e2e_support import Workspace, result_of
 from tests.helpers import wait_until
 
-KINDS = ("StopIteration", "SystemExit", "KeyboardInterrupt", "GeneratorExit")
+KINDS = ("StopIteration", "SystemExit", "KeyboardInterrupt", "GeneratorExit", "CancelledError")
 
 
 def seen_as(kind: str, in_coroutine: bool) -> str:
@@ -63,6 +63,12 @@ def test_a_leaf_raising_a_base_exception_is_retried_then_rejected(ws: Workspace,
         assert ws.get(kind).state is State.REJECTED
     assert ws.store.claims() == []
     assert len(ws.supervisor()["workers"]) == 1  # the one worker served them all: it never died
+
+
+def test_an_async_leaf_cancelling_its_own_task_is_a_failed_attempt(ws: Workspace) -> None:
+    trace = ws.root / "cancels.jsonl"
+    assert rejected_with(ws.invoke("cancels_itself", str(trace), timeout=30))["type"] == "CancelledError"
+    assert [line["attempt"] for line in traces(trace)] == [1, 2, 3]  # the default Retry()
 
 
 def test_an_error_that_fails_when_recorded_still_ends_its_attempts(ws: Workspace) -> None:

@@ -6,6 +6,7 @@ execution (tests.apps.e2e._trace), so a test counts executions across processes.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ def _escape(kind: str) -> None:
         raise KeyboardInterrupt
     if kind == "GeneratorExit":
         raise GeneratorExit
+    if kind == "CancelledError":
+        raise asyncio.CancelledError
     raise AssertionError(f"unknown kind {kind!r}")
 
 
@@ -56,6 +59,16 @@ def unprintable(path: str) -> None:
     """Raises an error that fails again when the worker records it: the worker's last resort."""
     _trace(path)
     raise Unprintable
+
+
+@function
+async def cancels_itself(path: str) -> None:
+    """Cancels the task it runs in: its own doing, not the worker's shutdown."""
+    _trace(path)
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    await asyncio.sleep(0)
 
 
 @function
