@@ -3,6 +3,10 @@
 Signal handlers only count signals; the loop does the work. The loop sleeps in
 select() on the signal wake-up pipe (SIGCHLD included, so a death is seen, not
 guessed) and, when it also waits for a result, on the store's watch.
+
+A death is an attempt: the claims of a worker that died, of a previous generation, or
+of a lapsed lease go back with the attempt moved on, and the function's retry policy
+decides whether and when it runs again (see `after_death`).
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner.store import DEFAULT_LEASE, PromiseStore, open_store
+from runner.store import DEFAULT_LEASE, Promise, PromiseStore, Task, open_store
+from runner.store.deaths import died
 from runner.store.interface import Watchable
 
-from .errors import SupervisorRunning
+from .errors import SupervisorRunning, UnknownFunction, WorkerDied
 from .owners import owner_id
 from .registry import Registry
 from .worker import die_with_parent, run_worker
@@ -47,6 +52,7 @@ class Supervisor:
         self._signals = 0
         self.stopped_by: int | None = None  # the first SIGINT/SIGTERM received, if any
         self._kill = False
+        self._killed = False  # we SIGKILLed the workers ourselves: their deaths are not attempts
         self._draining = False
         self._restart_at: list[float] = []
         self._pipe: tuple[int, int] | None = None
@@ -58,7 +64,7 @@ class Supervisor:
         try:
             # Claims left by a previous generation belong to dead or fenced
             # processes: give them back now rather than after their leases.
-            released = self.store.release_owner(None)
+            released = self.store.release_owner(None, how="its supervisor was gone", decide=self.after_death)
             if released:
                 log.info("took back %d claims of the previous supervisor", len(released))
             self._loop(until)
@@ -79,14 +85,14 @@ class Supervisor:
                 if self._signals >= 1 or (until is not None and until()):
                     self._drain()
                 if self._signals >= 2 or self._kill:
-                    self._signal_all(signal.SIGKILL)
+                    self._kill_all()
                 if time.monotonic() >= next_tick:
-                    self.store.expire()
+                    self.store.expire(decide=self.after_death)
                     next_tick = time.monotonic() + TICK
         finally:
             if watch is not None:
                 watch.close()
-            self._signal_all(signal.SIGKILL)
+            self._kill_all()
             self._reap(block=True)
             self._restore_signals(previous)
 
@@ -185,7 +191,8 @@ class Supervisor:
             if entry is None:
                 continue
             owner, started = entry
-            released = self.store.release_owner(owner)
+            released = self.store.release_owner(owner, how=_describe(status), decide=self.after_death,
+                                                counted=not self._killed)
             log.log(logging.INFO if self._draining else logging.WARNING,
                     "worker %d exited (%s); released %d claims", pid, _describe(status), len(released))
             if not self._draining:
@@ -208,6 +215,12 @@ class Supervisor:
             self._restart_at.clear()
             self._signal_all(signal.SIGTERM)
 
+    def _kill_all(self) -> None:
+        """SIGKILL every worker. What they ran was not what killed them, so those deaths
+        give their claims back without spending an attempt."""
+        self._killed = True
+        self._signal_all(signal.SIGKILL)
+
     def _signal_all(self, sig: int) -> None:
         for pid in self.workers:
             with contextlib.suppress(ProcessLookupError):
@@ -219,6 +232,25 @@ class Supervisor:
             "owners": {str(pid): owner for pid, (owner, _) in self.workers.items()},
             "concurrency": self.concurrency,
         })
+
+
+    def after_death(self, promise: Promise, task: Task, error: dict[str, Any]) -> float | None:
+        """The delay before the attempt after a death, by the function's retry policy;
+        None when the policy is spent (the store rejects the promise with `error`).
+
+        The first re-run after a death starts at once: one death is most often the
+        machine's doing (a kill, the OOM killer), and a killed branch should run again in
+        milliseconds. A death right after a death waits the policy's delay, so a function
+        that kills its worker cannot crash-loop faster than its backoff.
+        """
+        try:
+            policy = self.registry.lookup(promise.func).retry
+        except UnknownFunction:
+            return 0.0  # the worker that claims it rejects it by name
+        delay = policy.next_delay(task.attempt, WorkerDied(promise.id, error.get("message", "")))
+        if delay is None:
+            return None
+        return delay if died(task.last_error) else 0.0
 
 
 def _describe(status: int) -> str:
