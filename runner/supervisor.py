@@ -16,6 +16,7 @@ import logging
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 from runner.store import DEFAULT_LEASE, Promise, PromiseStore, Task, open_store
 from runner.store.deaths import died
 from runner.store.interface import Watchable
+from runner.store.lockholder import is_stopped
 
 from .errors import SupervisorRunning, UnknownFunction, WorkerDied
 from .owners import owner_id
@@ -36,6 +38,8 @@ TICK = 1.0  # seconds between expiry sweeps (the backstop for deaths nobody saw)
 QUICK_DEATH = 1.0  # a worker dying younger than this is restarted after a pause
 RESTART_PAUSE = 0.5
 _FORK_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD}
+LOCK_WATCH = 0.5  # seconds between looks at who holds the store lock
+STOPPED_HOLDER = 2.0  # a worker of ours stopped this long while holding the lock is killed
 
 
 class Supervisor:
@@ -74,6 +78,8 @@ class Supervisor:
     def _loop(self, until: Callable[[], bool] | None) -> None:
         previous = self._install_signals()
         watch = self.store.watch() if until is not None else None
+        watchdog = LockWatchdog(self.store, lambda: set(self.workers))
+        watchdog.start()
         try:
             for _ in range(self.size):
                 self._spawn()
@@ -90,6 +96,7 @@ class Supervisor:
                     self.store.expire(decide=self.after_death)
                     next_tick = time.monotonic() + TICK
         finally:
+            watchdog.stop()
             if watch is not None:
                 watch.close()
             self._kill_all()
@@ -251,6 +258,53 @@ class Supervisor:
         if delay is None:
             return None
         return delay if died(task.last_error) else 0.0
+
+
+class LockWatchdog:
+    """Frees the store lock from a worker of ours that was stopped while holding it.
+
+    A stopped holder (SIGSTOP, a debugger) freezes every process of the store, this
+    supervisor's own loop included, and no lease helps, since acting on one needs the
+    lock. So this runs on a thread of its own, which never takes the lock. Killing the
+    worker is safe at any instant, as any crash is; the loop then reaps it and gives
+    its claims back. A stopped process that is not ours is only named, by whoever
+    waits for the lock (see store/log.py).
+    """
+
+    def __init__(self, store: PromiseStore, ours: Callable[[], set[int]]) -> None:
+        self._store = store
+        self._ours = ours
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lock-watchdog", daemon=True)
+        self._stopped_since: dict[int, float] = {}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(LOCK_WATCH):
+            try:
+                self.check(time.monotonic())
+            except Exception:  # a watchdog that dies would leave the next freeze unseen
+                log.exception("lock watchdog check failed")
+
+    def check(self, now: float) -> None:
+        try:
+            ours = self._ours()
+        except RuntimeError:  # the workers changed while we copied them: look next time
+            return
+        stopped = {pid for pid in self._store.lock_holders() if pid in ours and is_stopped(pid)}
+        self._stopped_since = {pid: self._stopped_since.get(pid, now) for pid in stopped}
+        for pid, since in self._stopped_since.items():
+            if now - since >= STOPPED_HOLDER:
+                log.error("worker %d was stopped for %.0f s holding the store lock; killing it to free the "
+                          "store", pid, now - since)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _describe(status: int) -> str:
