@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 import time
@@ -81,8 +82,19 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc), exc.exit_code)
         except (RunnerError, StoreError) as exc:
             fail(str(exc), EXIT_STORE)
+        except OSError as exc:  # a path the system refuses (too long, a loop of links, ...)
+            fail(os_error_line(exc), EXIT_STORE)
 
     return wrapper
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError on one readable line: a path of thousands of characters is shortened."""
+    name = str(exc.filename) if exc.filename is not None else ""
+    if len(name) > 80:
+        name = f"{name[:40]}...{name[-37:]} ({len(name)} characters)"
+    reason = exc.strerror or type(exc).__name__
+    return f"{reason}: {name}" if name else reason
 
 
 def fail(message: str, code: int) -> None:
@@ -215,6 +227,10 @@ def main() -> None:
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as click would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except Exception as exc:  # a bug of ours: still one line, with where to find the rest
+        logging.getLogger("runner").debug("unexpected error", exc_info=True)
+        fail(f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+             "rerun with --log-level debug for the traceback", EXIT_STORE)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -102,6 +102,21 @@ class TimedOut(ChildFailed):
     """The awaited promise passed its timeout before it settled."""
 
 
+class WorkerDied(RunnerError):
+    """The process running an attempt died: killed (SIGKILL, the OOM killer), exited
+    (`sys.exit`, `os._exit`), crashed (a segfault), or stopped heartbeating until its
+    lease lapsed.
+
+    A death counts as an attempt. The function's retry policy is asked with this error,
+    so `Retry(non_retryable=(WorkerDied,))` never runs a function again after a death;
+    once the policy is spent the promise is rejected with `{"type": "WorkerDied", ...}`.
+    """
+
+    def __init__(self, promise_id: str, message: str) -> None:
+        super().__init__(message)
+        self.promise_id = promise_id
+
+
 class BadInput(RunnerError):
     """Input from the command line that cannot be used: bad JSON, a reserved id, and so on."""
 

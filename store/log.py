@@ -9,18 +9,22 @@ be a crash's torn tail (dropped) or damage (reported).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from filelock import lock_descriptor, unlock_descriptor
 
-from . import codec, faults
+from . import codec, faults, lockholder
 from .errors import CorruptStore, StoreUnavailable
 from .fsutil import FILE_MODE, io_error, sync_dir, write_all
 
 SEGMENT_SUFFIX = ".seg"
 LOCK_POLL = 0.0003  # seconds between tries when contended; holders keep the lock < 1 ms
+SLOW_LOCK = 1.0  # seconds of waiting for the lock before saying who holds it
+log = logging.getLogger(__name__)
 
 
 def segment_name(number: int) -> str:
@@ -56,11 +60,26 @@ class Log:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         if not lock_descriptor(self._lock_fd, blocking=False):
-            lock_descriptor(self._lock_fd, poll_interval=LOCK_POLL)
+            self._wait_for_lock()
         try:
             yield
         finally:
             unlock_descriptor(self._lock_fd)
+
+    def holders(self) -> list[int]:
+        """Pids holding the store lock now."""
+        return lockholder.lock_holders(self._lock_fd)
+
+    def _wait_for_lock(self) -> None:
+        """Wait for the lock; past a second, say once whom we wait for, rather than hang mute."""
+        patience: float | None = time.monotonic() + SLOW_LOCK
+        while not lock_descriptor(self._lock_fd, blocking=False):
+            if patience is not None and time.monotonic() >= patience:
+                patience = None
+                holders = ", ".join(lockholder.describe(pid) for pid in self.holders())
+                log.warning("waiting for the store lock of %s, held for over %.0f s by %s",
+                            self.dir.parent, SLOW_LOCK, holders or "another process")
+            time.sleep(LOCK_POLL)
 
     # -- segments -------------------------------------------------------------
 

@@ -105,6 +105,10 @@ class Replica:
             for op in codec.unpack(payload):
                 self.state.apply(op)
 
+    def lock_holders(self) -> list[int]:
+        """Pids holding the store lock now: a stopped one freezes every process."""
+        return self._log.holders()
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the store lock with a state that has caught up with every process's writes."""

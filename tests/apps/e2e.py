@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -112,3 +113,35 @@ async def branchy(ctx: Context, gate: str) -> str:
     """Not deterministic on purpose: the first child depends on $E2E_BRANCH."""
     step = wait_for_gate if os.environ.get(BRANCH_ENV, "a") == "a" else skip_gate
     return await ctx.run(step, gate)
+
+
+# -- deaths and deadlines -----------------------------------------------------------------
+
+
+@function(retry=Retry(attempts=3, delay=0.05))
+def kills_its_worker(path: str) -> None:
+    """SIGKILLs the worker running it, every attempt: each death must count as one."""
+    _trace(path)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@function(retry=Retry(attempts=1_000_000, delay=0.5, backoff=1.0))
+def kills_its_worker_forever(path: str) -> None:
+    """The same under a policy that never runs out: only its backoff paces the re-runs."""
+    _trace(path, time=time.time())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@function
+def traced_nap(path: str, seconds: float) -> str:
+    """Records when each attempt starts, then sleeps: a branch to kill mid-flight."""
+    _trace(path, time=time.time())
+    time.sleep(seconds)
+    return "rested"
+
+
+@function
+def nap(seconds: float) -> str:
+    """Sleeps: a backlog's filler, or a leaf that outlives its deadline."""
+    time.sleep(seconds)
+    return "rested"
