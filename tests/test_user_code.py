@@ -23,6 +23,7 @@ from runner.errors import BadInput, ChildIdTooLong
 from runner.invoke import MAX_ROOT_ID_BYTES, check_root_id
 from runner.registry import registry
 from runner.store import MAX_ID_BYTES, DirStore, NewPromise, NotSerializable, State
+from runner.store.lockholder import is_stopped, lock_holders
 from runner.store.state import HEARTBEAT
 from runner.worker import Worker
 from runner.workflow import Waiting, WorkflowRun
@@ -122,7 +123,7 @@ def test_a_closed_cached_workflow_with_a_finally_await_finishes(ws: Workspace) -
     ws.invoke("with_cleanup", str(trace), promise_id="wc", extra=("--no-wait",))
     wait_until(lambda: ws.store.get("wc.0") is not None and _waiting(ws, "wc"), timeout=20)
     worker = ws.supervisor()["workers"][0]
-    os.kill(worker, signal.SIGSTOP)  # so that another owner takes the wake-up first
+    stop_outside_the_lock(ws, worker)  # so that another owner takes the wake-up first
     try:
         ws.store.settle("wc.0", State.RESOLVED, "first")
         thief = ws.store.claim("thief", now=time.time() + 2)  # past the worker's grace
@@ -138,6 +139,21 @@ def test_a_closed_cached_workflow_with_a_finally_await_finishes(ws: Workspace) -
     assert result_of(done) == ["first", "second"]
     assert len(traces(trace)) == 1
     assert ws.store.claims() == []
+
+
+def stop_outside_the_lock(ws: Workspace, pid: int) -> None:
+    """SIGSTOP `pid` at an instant it does not hold the store lock (else the supervisor
+    would kill it as a stopped holder, and the store would wait for it until then)."""
+    fd = os.open(ws.store_dir / "lock", os.O_RDONLY)
+    try:
+        while True:
+            os.kill(pid, signal.SIGSTOP)
+            wait_until(lambda: is_stopped(pid), timeout=5)
+            if pid not in lock_holders(fd):
+                return
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        os.close(fd)
 
 
 def _waiting(ws: Workspace, promise_id: str) -> bool:
