@@ -89,7 +89,7 @@ def promise_detail(d: dict[str, Any]) -> Iterator[Text]:
         rows.append(("worker", holder if task["owner"] else "-"))
         if task["awaiting"]:
             rows.append(("awaiting", ", ".join(task["awaiting"])))
-        if task["last_error"] is not None:
+        if task["last_error"] is not None and d["parked"] is None:  # else shown as why it is parked
             rows.append(("last error", error_text(task["last_error"])))
     if d["parked"] is not None:
         rows.append(("parked", f"{error_text(d['parked']['error'])}; once the code is fixed, "
