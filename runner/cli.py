@@ -2,7 +2,7 @@
 
 Every error a user can cause becomes one line on stderr and a documented exit
 code (see README.md): 0 resolved, 1 rejected, 2 bad usage or input,
-3 the store or the supervisor cannot serve.
+3 the store or the supervisor cannot serve, 4 the run is parked.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from runner.store import (
 from . import jsonout, logs, progress
 from .apps import load_apps
 from .durations import Duration
-from .errors import AppError, BadInput, Interrupted, RegistryError, RunnerError, SupervisorRunning
+from .errors import AppError, BadInput, Interrupted, Parked, RegistryError, RunnerError, SupervisorRunning
 from .invoke import submit, wait
 from .registry import Registry, registry
 from .supervisor import Supervisor
@@ -78,7 +78,7 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(Env(store_dir, apps), **kwargs)
         except _INPUT_ERRORS as exc:
             fail(str(exc), EXIT_USAGE)
-        except Interrupted as exc:
+        except (Interrupted, Parked) as exc:
             fail(str(exc), exc.exit_code)
         except (RunnerError, StoreError) as exc:
             fail(str(exc), EXIT_STORE)

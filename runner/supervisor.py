@@ -71,6 +71,10 @@ class Supervisor:
             released = self.store.release_owner(None, how="its supervisor was gone", decide=self.after_death)
             if released:
                 log.info("took back %d claims of the previous supervisor", len(released))
+            # The code may have been fixed since they were parked: let each replay again.
+            resumed = self.store.unpark(None)
+            if resumed:
+                log.info("resumed %d parked workflows: %s", len(resumed), ", ".join(resumed[:10]))
             self._loop(until)
         finally:
             self.store.unlock_supervisor()

@@ -26,9 +26,11 @@ from .state import (
     CLAIM,
     CREATE,
     HEARTBEAT,
+    PARK,
     RELEASE,
     RELEASE_OWNER,
     SETTLE,
+    UNPARK,
     WAIT,
     overdue,
     promise_to_list,
@@ -326,6 +328,30 @@ class DirStore(Replica):
             task = self.state.tasks[promise_id]
             self._commit([[RELEASE, promise_id, 0.0, task.attempt, task.last_error, None, now]])
 
+    def park(self, promise_id: str, counter: int, error: Any) -> None:
+        """End a claim by holding the task with `error` until unpark(): no worker claims it.
+
+        For a workflow whose replay took another path: rejecting it would destroy a
+        run that a fix to the code can finish; its settled children stay settled.
+        """
+        with self._locked():
+            self._fenced(promise_id, counter)
+            self._commit([[PARK, promise_id, error]])
+
+    def unpark(self, promise_id: str | None = None, now: float | None = None) -> list[str]:
+        """Make a parked task (every one, when None) ready again; returns the ids unparked."""
+        now = time.time() if now is None else now
+        with self._locked():
+            parked = self.state.parked if promise_id is None else self.state.parked & {promise_id}
+            ids = sorted(parked)
+            self._commit([[UNPARK, pid, now] for pid in ids])
+            return ids
+
+    def parked(self) -> list[Task]:
+        """The parked tasks, each with the error that parked it as its last error."""
+        with self._locked():
+            return [self.state.tasks[pid].frozen(pid) for pid in sorted(self.state.parked)]
+
     def release_owner(self, owner: str | None, now: float | None = None, *, how: str | None = None,
                       decide: Decide = retry_at_once, counted: bool = True) -> list[str]:
         """Give back every claim of `owner` (of everyone when None): its holder is dead.
@@ -391,4 +417,5 @@ class DirStore(Replica):
                          sum(t.state is TaskState.WAITING for t in tasks),
                          # Not len(self.state.delayed), a lazy heap that keeps
                          # entries of tasks settled or released since.
-                         sum(t.state is TaskState.READY and t.not_before > now for t in tasks))
+                         sum(t.state is TaskState.READY and t.not_before > now for t in tasks),
+                         len(self.state.parked))

@@ -28,6 +28,8 @@ _TASK_STATES = {s.value: s for s in TaskState}
 
 # op codes
 CREATE, SETTLE, CLAIM, HEARTBEAT, RELEASE, WAIT, RELEASE_OWNER = "c", "s", "k", "h", "r", "w", "o"
+# Added later: a log without them reads as before.
+PARK, UNPARK = "p", "u"
 
 
 class TaskRecord:
@@ -102,6 +104,7 @@ class StoreState:
         self.affine: dict[str, set[str]] = {}
         self.leases: list[tuple[float, str]] = []  # (expires_at, id); checked when popped
         self.timeouts: list[tuple[float, str]] = []  # (timeout, id); checked when popped
+        self.parked: set[str] = set()  # ids of parked tasks, so finding them never scans every task
 
     # -- applying operations ------------------------------------------------
 
@@ -131,6 +134,10 @@ class StoreState:
             self._wait(op[1], tuple(op[2]), op[3])
         elif code == RELEASE_OWNER:
             self._release_owner(op[1], op[2])
+        elif code == PARK:
+            self._park(op[1], op[2])
+        elif code == UNPARK:
+            self._unpark(op[1], op[2])
         else:
             raise ValueError(f"unknown operation {code!r}")
 
@@ -155,6 +162,8 @@ class StoreState:
             assert task.owner is not None and task.expires_at is not None
             self.owned.setdefault(task.owner, set()).add(pid)
             heapq.heappush(self.leases, (task.expires_at, pid))
+        elif task.state is TaskState.PARKED:
+            self.parked.add(pid)
         else:
             for awaited in task.awaiting:
                 self.callbacks.setdefault(awaited, set()).add(pid)
@@ -172,6 +181,7 @@ class StoreState:
     def _unqueue(self, pid: str, task: TaskRecord) -> None:
         """Take a task out of every index; the caller gives it its new state."""
         self.ready.pop(pid, None)
+        self.parked.discard(pid)
         if task.owner is not None:
             self.owned.get(task.owner, set()).discard(pid)
             task.owner = None
@@ -236,6 +246,18 @@ class StoreState:
             self.callbacks.setdefault(awaited, set()).add(pid)
         if affinity is not None:
             self.affine.setdefault(affinity, set()).add(pid)
+
+    def _park(self, pid: str, error: Any) -> None:
+        """Hold a task out of every queue with its error; its claim ends here."""
+        task = self.tasks[pid]
+        self._unqueue(pid, task)
+        task.state, task.last_error, task.expires_at = TaskState.PARKED, error, None
+        self.parked.add(pid)
+
+    def _unpark(self, pid: str, at: float) -> None:
+        """Back to the ready queue as the same attempt; its error stays as its last error."""
+        task = self.tasks[pid]
+        self._release(pid, 0.0, task.attempt, task.last_error, None, at)
 
     def _release_owner(self, owner: str | None, at: float) -> None:
         owners = [owner] if owner is not None else list(self.owned)

@@ -49,18 +49,6 @@ async def escapes_async(path: str, kind: str) -> None:
     _escape(kind)
 
 
-class Unprintable(Exception):
-    def __str__(self) -> str:
-        raise ValueError("this error cannot be shown")
-
-
-@function(retry=Retry(attempts=2, delay=0.0))
-def unprintable(path: str) -> None:
-    """Raises an error that fails again when the worker records it: the worker's last resort."""
-    _trace(path)
-    raise Unprintable
-
-
 @function
 async def cancels_itself(path: str) -> None:
     """Cancels the task it runs in: its own doing, not the worker's shutdown."""
