@@ -17,7 +17,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from runner.store import (
     Claim,
@@ -26,6 +26,7 @@ from runner.store import (
     StaleClaim,
     State,
     StoreError,
+    StoreFull,
     StoreIOError,
     normalize,
 )
@@ -41,6 +42,8 @@ from .workflow import Failed, Finished, RunCache, Waiting, WorkflowRun
 log = logging.getLogger(__name__)
 
 BACKSTOP = 1.0  # seconds between looks at the store when no event woke us
+EXIT_STORE_FAILED = 3  # a worker's exit codes the supervisor reads: the store could not be written,
+EXIT_STORE_FULL = 4  # because the disk is full
 _PR_SET_PDEATHSIG = 1
 
 
@@ -52,6 +55,17 @@ def fault_rerun_settled(func: str) -> bool:
     """
     name, _, only = os.environ.get("RUNNER_TEST_BREAK", "").partition(":")
     return name == "rerun-settled" and only in ("", func)
+
+
+def exit_store_failed(exc: StoreIOError) -> NoReturn:
+    """Exit at once with the code that tells the supervisor why: the handle must be reopened.
+
+    The supervisor says it, once per restart and with a growing pause (a full disk must
+    not fill the terminal), so the detail here is only for whoever asked for info logs.
+    """
+    full = isinstance(exc, StoreFull)
+    log.log(logging.INFO if full else logging.WARNING, "store write failed, worker exits: %s", exc)
+    os._exit(EXIT_STORE_FULL if full else EXIT_STORE_FAILED)
 
 
 def die_with_parent(parent: int) -> None:
@@ -129,11 +143,10 @@ class Worker:
             await asyncio.sleep(self.lease / 3)
             try:
                 self.store.heartbeat(self.owner)
-            except StoreIOError:
+            except StoreIOError as exc:
                 # Without heartbeats our leases would lapse while we keep working:
                 # better to die now and have the supervisor release and restart at once.
-                log.exception("heartbeat failed; worker exits to reopen the store")
-                os._exit(3)
+                exit_store_failed(exc)
 
     def _start(self, claim: Claim) -> None:
         task = asyncio.create_task(self._execute(claim))
@@ -163,9 +176,8 @@ class Worker:
             # Someone else holds it now (we were seen as dead, or it was settled
             # from outside): our result is not wanted, and the store refused it.
             log.info("%s: dropped stale work: %s", claim.id, exc)
-        except StoreIOError:
-            log.exception("%s: store write failed; worker exits to reopen the store", claim.id)
-            os._exit(3)
+        except StoreIOError as exc:
+            exit_store_failed(exc)
 
     def _finish(self, claim: Claim, state: State, value: Any, creates: list[Any] | None = None) -> None:
         state, value = _storable(state, value)
