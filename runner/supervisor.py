@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import select
 import signal
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner.store import DEFAULT_LEASE, Promise, PromiseStore, Task, open_store
+from runner.store import DEFAULT_LEASE, Promise, PromiseStore, StoreFull, StoreIOError, Task, open_store
 from runner.store.deaths import died
 from runner.store.interface import Watchable
 from runner.store.lockholder import is_stopped
@@ -30,13 +31,15 @@ from runner.store.lockholder import is_stopped
 from .errors import SupervisorRunning, UnknownFunction, WorkerDied
 from .owners import owner_id
 from .registry import Registry
-from .worker import die_with_parent, run_worker
+from .worker import EXIT_STORE_FAILED, EXIT_STORE_FULL, die_with_parent, exit_store_failed, run_worker
 
 log = logging.getLogger(__name__)
 
 TICK = 1.0  # seconds between expiry sweeps (the backstop for deaths nobody saw)
 QUICK_DEATH = 1.0  # a worker dying younger than this is restarted after a pause
 RESTART_PAUSE = 0.5
+STORE_PAUSE = 0.5  # the first restart after a worker could not write the store; doubles up to
+STORE_PAUSE_MAX = 5.0  # this, so a full disk costs a line every few seconds, and space returning is used soon
 _FORK_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD}
 LOCK_WATCH = 0.5  # seconds between looks at who holds the store lock
 STOPPED_HOLDER = 2.0  # a worker of ours stopped this long while holding the lock is killed
@@ -59,6 +62,10 @@ class Supervisor:
         self._killed = False  # we SIGKILLed the workers ourselves: their deaths are not attempts
         self._draining = False
         self._restart_at: list[float] = []
+        self._unreleased: dict[str, tuple[str, bool]] = {}  # dead owner -> (how it died, counted)
+        self._store_failures = 0  # workers in a row that could not write the store
+        self._full_said_at = -math.inf
+        self._embedded = False
         self._pipe: tuple[int, int] | None = None
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
@@ -80,6 +87,9 @@ class Supervisor:
             self.store.unlock_supervisor()
 
     def _loop(self, until: Callable[[], bool] | None) -> None:
+        # Embedded in an invoke, a store that cannot be written ends the wait (exit 3);
+        # under `runner start`, it is waited out, calmly, until space returns.
+        self._embedded = until is not None
         previous = self._install_signals()
         watch = self.store.watch() if until is not None else None
         watchdog = LockWatchdog(self.store, lambda: set(self.workers))
@@ -97,7 +107,7 @@ class Supervisor:
                 if self._signals >= 2 or self._kill:
                     self._kill_all()
                 if time.monotonic() >= next_tick:
-                    self.store.expire(decide=self.after_death)
+                    self._sweep()
                     next_tick = time.monotonic() + TICK
         finally:
             watchdog.stop()
@@ -185,6 +195,8 @@ class Supervisor:
             store = open_store(str(self.store_dir), lease=self.lease)
             run_worker(store, self.store_dir, self.registry, concurrency=self.concurrency, lease=self.lease)
             code = 0
+        except StoreIOError as exc:  # a claim's write, say, outside any one task
+            exit_store_failed(exc)
         except BaseException:
             log.exception("worker %d failed", os.getpid())
         finally:
@@ -202,14 +214,63 @@ class Supervisor:
             if entry is None:
                 continue
             owner, started = entry
-            released = self.store.release_owner(owner, how=_describe(status), decide=self.after_death,
-                                                counted=not self._killed)
-            log.log(logging.INFO if self._draining else logging.WARNING,
-                    "worker %d exited (%s); released %d claims", pid, _describe(status), len(released))
-            if not self._draining:
-                quick = time.monotonic() - started < QUICK_DEATH
-                self._restart_at.append(time.monotonic() + (RESTART_PAUSE if quick else 0.0))
+            store_failed = os.waitstatus_to_exitcode(status) in (EXIT_STORE_FAILED, EXIT_STORE_FULL)
+            # A store that could not be written is not what the branches did: no attempt spent.
+            self._unreleased[owner] = (_describe(status), not self._killed and not store_failed)
+            released = self._give_back()
+            if store_failed:
+                self._store_failed(pid, status, started)
+            else:
+                self._store_failures = 0
+                log.log(logging.INFO if self._draining or self._killed else logging.WARNING,
+                        "worker %d exited (%s); released %d claims", pid, _describe(status), released)
+                if not self._draining:
+                    quick = time.monotonic() - started < QUICK_DEATH
+                    self._restart_at.append(time.monotonic() + (RESTART_PAUSE if quick else 0.0))
             self._publish()
+
+    def _give_back(self) -> int:
+        """Release the claims of dead workers; on a full disk, keep them for the next tick."""
+        released = 0
+        for owner, (how, counted) in list(self._unreleased.items()):
+            try:
+                released += len(self.store.release_owner(owner, how=how, decide=self.after_death,
+                                                          counted=counted))
+            except StoreFull:
+                if self._embedded:
+                    raise
+                return released
+            del self._unreleased[owner]
+        return released
+
+    def _store_failed(self, pid: int, status: int, started: float) -> None:
+        """A worker exited because its write failed: say so once per restart, restart ever slower."""
+        full = os.waitstatus_to_exitcode(status) == EXIT_STORE_FULL
+        reason = "the disk is full" if full else "a write or sync failed"
+        if self._embedded:
+            raise (StoreFull if full else StoreIOError)(
+                f"a worker could not write the store at {self.store_dir} ({reason}); the run is kept on disk")
+        if time.monotonic() - started >= STORE_PAUSE_MAX * 2:
+            self._store_failures = 0  # it had worked for a while: a new episode
+        pause = min(STORE_PAUSE_MAX, STORE_PAUSE * 2 ** self._store_failures)
+        self._store_failures += 1
+        if not self._draining:
+            self._restart_at.append(time.monotonic() + pause)
+            log.warning("worker %d could not write the store (%s); restarting it in %.1f s",
+                        pid, reason, pause)
+
+    def _sweep(self) -> None:
+        """The tick's backstop: deaths nobody saw, deadlines, and claims a full disk kept."""
+        try:
+            self._give_back()
+            self.store.expire(decide=self.after_death)
+        except StoreFull as exc:
+            if self._embedded:
+                raise
+            now = time.monotonic()
+            if now >= self._full_said_at + STORE_PAUSE_MAX * 2:
+                self._full_said_at = now
+                log.warning("%s; the supervisor goes on and retries", exc)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -238,11 +299,13 @@ class Supervisor:
                 os.kill(pid, sig)
 
     def _publish(self) -> None:
-        self.store.publish_supervisor({
-            "pid": os.getpid(), "started": self.started, "workers": sorted(self.workers),
-            "owners": {str(pid): owner for pid, (owner, _) in self.workers.items()},
-            "concurrency": self.concurrency,
-        })
+        """Describe us for `runner status`; a full disk leaves the last description in place."""
+        with contextlib.suppress(OSError):
+            self.store.publish_supervisor({
+                "pid": os.getpid(), "started": self.started, "workers": sorted(self.workers),
+                "owners": {str(pid): owner for pid, (owner, _) in self.workers.items()},
+                "concurrency": self.concurrency,
+            })
 
 
     def after_death(self, promise: Promise, task: Task, error: dict[str, Any]) -> float | None:

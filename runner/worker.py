@@ -23,7 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from runner.store import (
     Claim,
@@ -32,6 +32,7 @@ from runner.store import (
     StaleClaim,
     State,
     StoreError,
+    StoreFull,
     StoreIOError,
     normalize,
 )
@@ -48,6 +49,8 @@ from .workflow import Failed, Finished, RunCache, Waiting, WorkflowRun
 log = logging.getLogger(__name__)
 
 BACKSTOP = 1.0  # seconds between looks at the store when no event woke us
+EXIT_STORE_FAILED = 3  # a worker's exit codes the supervisor reads: the store could not be written,
+EXIT_STORE_FULL = 4  # because the disk is full
 _PR_SET_PDEATHSIG = 1
 
 
@@ -59,6 +62,17 @@ def fault_rerun_settled(func: str) -> bool:
     """
     name, _, only = os.environ.get("RUNNER_TEST_BREAK", "").partition(":")
     return name == "rerun-settled" and only in ("", func)
+
+
+def exit_store_failed(exc: StoreIOError) -> NoReturn:
+    """Exit at once with the code that tells the supervisor why: the handle must be reopened.
+
+    The supervisor says it, once per restart and with a growing pause (a full disk must
+    not fill the terminal), so the detail here is only for whoever asked for info logs.
+    """
+    full = isinstance(exc, StoreFull)
+    log.log(logging.INFO if full else logging.WARNING, "store write failed, worker exits: %s", exc)
+    os._exit(EXIT_STORE_FULL if full else EXIT_STORE_FAILED)
 
 
 def die_with_parent(parent: int) -> None:
@@ -154,11 +168,13 @@ class Worker:
                 self._blocked(time.monotonic() - pinged)
             try:
                 self.beat()
-            except Exception:
+            except StoreIOError as exc:
                 # Without heartbeats our leases would lapse while we keep working:
                 # better to die now and have the supervisor release and restart at once.
-                log.exception("heartbeat failed; worker exits to reopen the store")
-                os._exit(3)
+                exit_store_failed(exc)
+            except Exception:  # whatever it is, our leases would lapse just the same
+                log.exception("heartbeat failed; worker exits")
+                os._exit(EXIT_STORE_FAILED)
 
     def _blocked(self, seconds: float) -> None:
         with self._running_lock:
@@ -367,8 +383,7 @@ def _store_said_stop(claim: Claim, exc: BaseException) -> bool:
         log.info("%s: dropped stale work: %s", claim.id, exc)
         return True
     if isinstance(exc, StoreIOError):
-        log.exception("%s: store write failed; worker exits to reopen the store", claim.id)
-        os._exit(3)
+        exit_store_failed(exc)
     return False
 
 

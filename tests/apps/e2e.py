@@ -225,3 +225,10 @@ async def error_shapes(ctx: Context, missing: str) -> dict[str, Any]:
         except ValueError as exc:
             caught[name] = _caught(exc)
     return caught
+
+
+@function
+async def naps(ctx: Context, count: int, seconds: float) -> int:
+    """Many short naps: a run whose completions keep writing for a while."""
+    handles = [ctx.run(nap, seconds) for _ in range(count)]
+    return len([await handle for handle in handles])
