@@ -66,12 +66,10 @@ def test_invoking_one_id_twice_runs_it_once(ws: Workspace) -> None:
     second = result_of(ws.cli(*args))
     out, _ = first.communicate(timeout=60)
     assert first.returncode == 0, ws.stderr("first")
-    third_run, third_wall = timed(ws.cli, *args)
-    third = result_of(third_run)
+    third = result_of(ws.cli(*args))
 
     assert json.loads(out) == second == third
-    assert third_wall < 1.0, f"the stored result took {third_wall:.2f} s: push (1 s) ran again?"
-    assert ws.deliveries() == {channel: 1 for channel in CHANNELS}
+    assert ws.deliveries() == {channel: 1 for channel in CHANNELS}  # the third ran nothing again
 
 
 def test_an_existing_id_running_another_function_is_refused(ws: Workspace) -> None:
@@ -202,7 +200,7 @@ def test_a_damaged_record_is_exit_3_for_every_command_and_left_as_it_was(ws: Wor
 def test_a_run_past_its_timeout_is_rejected_with_its_pending_children(ws: Workspace) -> None:
     started = time.monotonic()
     proc = ws.background("invoke", "notify_all", "--json", "--id", "late", "--timeout", "500ms",
-                         "--arg", json.dumps(event("late", push=2.0)))
+                         "--arg", json.dumps(event("late", push=6.0)))
     assert proc.stdout is not None
     printed = json.loads(proc.stdout.readline())
     printed_after = time.monotonic() - started
@@ -210,12 +208,12 @@ def test_a_run_past_its_timeout_is_rejected_with_its_pending_children(ws: Worksp
 
     assert printed["type"] == "TimeoutError"
     # The result is shown as soon as the root settles, not after push's thread ends and
-    # the embedded supervisor has drained.
-    assert printed_after < 1.9, printed_after
+    # the embedded supervisor has drained (bounds generous for a loaded machine, well short of 6 s).
+    assert printed_after < 4.5, printed_after
     root, push, slack = ws.get("late"), ws.get("late.3"), ws.get("late.2")
     assert root.state is State.REJECTED_TIMEDOUT and push.state is State.REJECTED_TIMEDOUT
     assert slack.state is State.RESOLVED  # what finished in time stays settled
-    assert root.settled_at is not None and root.settled_at - root.created_at < 1.9  # before push's 2 s
+    assert root.settled_at is not None and root.settled_at - root.created_at < 1.0  # at its deadline
 
 
 def test_hostile_ids_are_stored_inside_the_store(ws: Workspace) -> None:
