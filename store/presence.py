@@ -14,7 +14,7 @@ from typing import Any
 from filelock import lock_descriptor, unlock_descriptor
 
 from . import codec
-from .fsutil import FILE_MODE
+from .fsutil import open_file
 
 
 class SupervisorPresence:
@@ -26,7 +26,7 @@ class SupervisorPresence:
         """Become the store's one supervisor, if none is running; held until release() or close()."""
         if self._fd is not None:
             return True
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        fd = open_file(self._path, os.O_RDWR | os.O_CREAT)  # never through a planted link
         if not lock_descriptor(fd, blocking=False):
             os.close(fd)
             return False
@@ -52,7 +52,7 @@ class SupervisorPresence:
         if self._fd is not None:
             return self._read(self._fd)
         try:
-            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_file(self._path, os.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
