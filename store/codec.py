@@ -74,25 +74,28 @@ def _check_shape(value: Any, limit: int) -> None:
     """Refuse values nested deeper than `limit` and msgpack's own types.
 
     msgpack decodes its timestamp extension (-1) itself, without calling _ext_hook,
-    so a Timestamp can only be found here. Iterative: a deep value must not blow
-    Python's stack in the very check that refuses it.
+    so a Timestamp can only be found here. Walked one level at a time, without
+    recursion (a deep value must not blow Python's stack in the very check that
+    refuses it) and with one type test per item: a snapshot holds millions.
     """
-    stack = [(value, 1)]
-    while stack:
-        obj, depth = stack.pop()
-        kind = type(obj)
-        if kind is msgpack.Timestamp:
-            raise Undecodable("msgpack timestamp extension (-1) is not a stored type")
-        if kind is not list and kind is not dict:
-            continue
-        if depth > limit:
+    level = [value]
+    depth = 0
+    while level:
+        depth += 1
+        below: list[Any] = []
+        for obj in level:
+            kind = type(obj)
+            if kind is dict:
+                if any(type(k) is msgpack.Timestamp for k in obj):
+                    raise Undecodable("msgpack timestamp extension (-1) is not a stored type")
+                below.extend(v for v in obj.values() if type(v) in _WALKED)
+            elif kind is list:
+                below.extend(v for v in obj if type(v) in _WALKED)
+            elif kind is msgpack.Timestamp:
+                raise Undecodable("msgpack timestamp extension (-1) is not a stored type")
+        if below and depth >= limit:
             raise Undecodable(f"value nested deeper than {limit} levels")
-        if kind is dict:
-            stack.extend((k, depth) for k in obj if type(k) is msgpack.Timestamp)
-            items: Any = obj.values()
-        else:
-            items = obj
-        stack.extend((item, depth + 1) for item in items if type(item) in _WALKED)
+        level = below
 
 
 _WALKED = {list, dict, msgpack.Timestamp}

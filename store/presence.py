@@ -14,6 +14,7 @@ from typing import Any
 from filelock import lock_descriptor, unlock_descriptor
 
 from . import codec
+from .errors import StoreUnavailable
 from .fsutil import open_file
 
 
@@ -26,7 +27,10 @@ class SupervisorPresence:
         """Become the store's one supervisor, if none is running; held until release() or close()."""
         if self._fd is not None:
             return True
-        fd = open_file(self._path, os.O_RDWR | os.O_CREAT)  # never through a planted link
+        try:
+            fd = open_file(self._path, os.O_RDWR | os.O_CREAT)  # never through a planted link
+        except OSError as exc:  # a read-only store, say: it can be inspected, not supervised
+            raise StoreUnavailable(f"cannot take {self._path}: {exc.strerror}") from None
         if not lock_descriptor(fd, blocking=False):
             os.close(fd)
             return False

@@ -86,9 +86,11 @@ _INT = _kind("integer", int)
 _NUM = _kind("number", int, float)
 _BOOL = _kind("boolean", bool)
 _OPT_STR, _OPT_NUM = _optional(_STR), _optional(_NUM)
-_STATE = _one_of("promise state", {s.value for s in State})
+_PROMISE_STATES = {s.value for s in State}
+_TASK_STATES = {s.value for s in TaskState}
+_STATE = _one_of("promise state", _PROMISE_STATES)
 _FINAL = _one_of("final state", {s.value for s in State if s.settled})
-_TASK_STATE = _one_of("task state", {s.value for s in TaskState})
+_TASK_STATE = _one_of("task state", _TASK_STATES)
 
 # promise_to_list: id, state, func, args, parent, tags, timeout, created_at, settled_at, value, attempt
 PROMISE = _record([_STR, _STATE, _STR, _kind("list", list), _OPT_STR, _kind("map", dict), _OPT_NUM,
@@ -134,20 +136,40 @@ def frame_ops(value: Any) -> list[Any]:
     return value
 
 
+_NUMS = {int, float}
+
+
+def _plain_promise(f: Any) -> bool:
+    """PROMISE's test as one expression: a snapshot holds 100,000 of them, checked at every open."""
+    return (type(f) is list and len(f) >= 11 and type(f[0]) is str and type(f[1]) is str
+            and f[1] in _PROMISE_STATES and type(f[2]) is str and type(f[3]) is list
+            and (f[4] is None or type(f[4]) is str) and type(f[5]) is dict
+            and (f[6] is None or type(f[6]) in _NUMS) and type(f[7]) in _NUMS
+            and (f[8] is None or type(f[8]) in _NUMS) and type(f[10]) is int)
+
+
+def _plain_task(f: Any) -> bool:
+    """TASK's test as one expression, for the same reason."""
+    return (type(f) is list and len(f) >= 11 and type(f[0]) is str and f[0] in _TASK_STATES
+            and type(f[1]) is int and type(f[2]) is int and (f[3] is None or type(f[3]) is str)
+            and (f[4] is None or type(f[4]) in _NUMS) and type(f[5]) in _NUMS and type(f[6]) is list
+            and all(type(a) is str for a in f[6]) and (f[7] is None or type(f[7]) is str)
+            and type(f[9]) in _NUMS and (f[10] is None or type(f[10]) in _NUMS))
+
+
 def snapshot(body: Any) -> None:
     """Raise Invalid unless `body` is what StoreState.to_snapshot writes."""
     empty = StoreState()
     if type(body) is not list or len(body) < 2 or type(body[0]) is not list or type(body[1]) is not list:
         raise Invalid("a snapshot body must be [promises, tasks]")
-    ids = set()
     for i, fields in enumerate(body[0]):
-        if err := PROMISE(fields, empty):
-            raise Invalid(f"promise {i}: {err}")
-        ids.add(fields[0])
+        if not _plain_promise(fields):
+            raise Invalid(f"promise {i}: {PROMISE(fields, empty)}")
+    ids = {fields[0] for fields in body[0]}
     for i, entry in enumerate(body[1]):
         if type(entry) is not list or len(entry) != 2 or type(entry[0]) is not str:
             raise Invalid(f"task {i}: [id, fields] expected")
         if entry[0] not in ids:
             raise Invalid(f"task {i}: unknown promise {entry[0]!r}")
-        if err := TASK(entry[1], empty):
-            raise Invalid(f"task {i} ({entry[0]!r}): {err}")
+        if not _plain_task(entry[1]):
+            raise Invalid(f"task {i} ({entry[0]!r}): {TASK(entry[1], empty)}")

@@ -421,6 +421,15 @@ def unchanged(root: Path, *more: Path) -> Callable[[], None]:
     return check
 
 
+def plant(link: Path, victim: Path, text: str | None) -> Path:
+    """Replace `link` by a symbolic link to `victim` (given `text`, or left absent: dangling)."""
+    if text is not None:
+        victim.write_text(text)
+    link.unlink(missing_ok=True)
+    link.symlink_to(victim)
+    return link
+
+
 def other_store(tmp_path: Path, rotations: int = 0) -> Path:
     root = tmp_path / "other"
     with closing(DirStore(root)) as s:
@@ -545,10 +554,7 @@ def test_segment_symlinked_to_an_unrelated_file_is_refused_and_the_file_untouche
         store_dir: Path, tmp_path: Path) -> None:
     fill(store_dir)
     victim = tmp_path / "precious.txt"
-    victim.write_text("not a segment")
-    seg = store_dir / "log" / "00000001.seg"
-    seg.unlink()
-    seg.symlink_to(victim)
+    seg = plant(store_dir / "log" / "00000001.seg", victim, "not a segment")
     same = unchanged(store_dir, victim)
     line = cli_refuses(store_dir)
     assert str(seg) in line and "symbolic link" in line
@@ -561,10 +567,7 @@ def test_lock_symlinks_are_refused_and_their_targets_untouched(
         store_dir: Path, tmp_path: Path, name: str, dangling: bool) -> None:
     fill(store_dir)
     victim = tmp_path / "victim"
-    if not dangling:
-        victim.write_text("someone's file")
-    (store_dir / name).unlink(missing_ok=True)
-    (store_dir / name).symlink_to(victim)
+    plant(store_dir / name, victim, None if dangling else "someone's file")
     same = unchanged(store_dir, victim)
     line = cli_refuses(store_dir, "start", "--workers", "1")
     assert str(store_dir / name) in line and "symbolic link" in line
@@ -608,9 +611,7 @@ def test_store_owned_by_another_user_is_refused_and_a_planted_link_not_followed(
     """The campaign's case: root runs `status` on a world-writable store of another user."""
     fill(store_dir)
     victim = tmp_path / "root-owned"
-    victim.write_text("root's data")
-    seg = store_dir / "log" / "00000002.seg"
-    seg.symlink_to(victim)
+    plant(store_dir / "log" / "00000002.seg", victim, "root's data")
     for path in [store_dir, *store_dir.rglob("*")]:
         os.chown(path, 65534, 65534, follow_symlinks=False)
     os.chmod(store_dir, 0o777)
@@ -742,6 +743,7 @@ def test_read_only_store_can_be_inspected_not_changed(tmp_path: Path) -> None:
             assert done.returncode == 0, (args, done.stderr)
         assert "p1" in run_cli("promises", "list", "--store", str(store)).stdout
         assert "read-only" in cli_refuses(store, "promises", "resolve", "p5", "--value", "1")
+        assert "Read-only" in cli_refuses(store, "start", "--workers", "1")
         with pytest.raises(StoreUnavailable, match=r"(?i)read-only"):
             DirStore(target / "new-store")  # cannot be created there
     assert tree_bytes(base) == files
