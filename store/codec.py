@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import operator
 import struct
 import zlib
 from collections.abc import Iterator
+from itertools import chain, compress, repeat
 from typing import Any
 
 import msgpack
@@ -60,42 +62,46 @@ def pack(value: Any) -> bytes:
         raise NotSerializable(f"cannot store value: {exc}") from None
 
 
-def unpack(data: bytes, depth: int = FRAME_DEPTH) -> Any:
-    """The value packed in `data`; Undecodable for anything pack() would not have written."""
+def unpack(data: bytes, depth: int | None = FRAME_DEPTH) -> Any:
+    """The value packed in `data`; Undecodable for anything pack() would not have written.
+
+    depth=None leaves the nesting and msgpack's own types to the caller, which knows
+    the value's layout and checks only the parts that can nest (check_nested): a
+    snapshot's fixed fields are a million items not worth walking at every open.
+    """
     try:
         value = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook)
     except Exception as exc:  # msgpack raises many kinds: bad UTF-8, a list as a key, extra data
         raise Undecodable(f"undecodable value ({type(exc).__name__}: {exc})") from None
-    _check_shape(value, depth)
+    if depth is not None:
+        check_nested(value, depth)
     return value
 
 
-def _check_shape(value: Any, limit: int) -> None:
+def check_nested(value: Any, limit: int) -> None:
     """Refuse values nested deeper than `limit` and msgpack's own types.
 
     msgpack decodes its timestamp extension (-1) itself, without calling _ext_hook,
     so a Timestamp can only be found here. Walked one level at a time, without
     recursion (a deep value must not blow Python's stack in the very check that
-    refuses it) and with one type test per item: a snapshot holds millions.
+    refuses it), and with iterator functions that run in C: a snapshot holds
+    millions of items, walked at every open.
     """
     level = [value]
-    depth = 0
-    while level:
+    depth = 1
+    while True:
+        kinds = list(map(type, level))
+        dicts = list(compress(level, map(operator.is_, kinds, repeat(dict))))
+        if msgpack.Timestamp in kinds or msgpack.Timestamp in map(type, chain.from_iterable(dicts)):
+            raise Undecodable("msgpack timestamp extension (-1) is not a stored type")
+        lists = compress(level, map(operator.is_, kinds, repeat(list)))
+        items = list(chain(chain.from_iterable(lists), chain.from_iterable(map(dict.values, dicts))))
+        level = list(compress(items, map(_WALKED.__contains__, map(type, items))))
+        if not level:
+            return
         depth += 1
-        below: list[Any] = []
-        for obj in level:
-            kind = type(obj)
-            if kind is dict:
-                if any(type(k) is msgpack.Timestamp for k in obj):
-                    raise Undecodable("msgpack timestamp extension (-1) is not a stored type")
-                below.extend(v for v in obj.values() if type(v) in _WALKED)
-            elif kind is list:
-                below.extend(v for v in obj if type(v) in _WALKED)
-            elif kind is msgpack.Timestamp:
-                raise Undecodable("msgpack timestamp extension (-1) is not a stored type")
-        if below and depth >= limit:
+        if depth > limit:
             raise Undecodable(f"value nested deeper than {limit} levels")
-        level = below
 
 
 _WALKED = {list, dict, msgpack.Timestamp}

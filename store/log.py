@@ -117,13 +117,9 @@ class Log:
 
     def _check_header(self, path: Path, payload: bytes, segment: int) -> dict[str, Any]:
         try:
-            header = codec.unpack(payload)
+            header = piece_header(path, codec.unpack(payload), self.store_id)
         except codec.Undecodable as exc:
             raise CorruptStore(str(path), 0, f"segment header: {exc}") from None
-        if not isinstance(header, dict) or header.keys() < {"store", "segment", "prev"}:
-            raise CorruptStore(str(path), 0, "no segment header")
-        if header["store"] != self.store_id:
-            raise CorruptStore(str(path), 0, f"belongs to another store (id {header['store']!r})")
         if header["segment"] != segment:
             raise CorruptStore(str(path), 0, f"is segment {header['segment']!r} of this store, "
                                              f"not segment {segment}")
@@ -249,6 +245,17 @@ class Log:
         self._close_fd()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
+
+
+def piece_header(path: Path, header: Any, store_id: str) -> dict[str, Any]:
+    """The header that opens a segment or the snapshot, checked to be one of this store's."""
+    if not isinstance(header, dict) or header.keys() < {"store", "segment", "prev"}:
+        raise CorruptStore(str(path), 0, "no header naming the store and the segment")
+    if header["store"] != store_id:
+        raise CorruptStore(str(path), 0, f"belongs to another store (id {header['store']!r})")
+    if type(header["segment"]) is not int:
+        raise CorruptStore(str(path), 0, "its header names no segment")
+    return header
 
 
 def _open_lock(path: Path, writable: bool) -> int | None:

@@ -19,7 +19,7 @@ from . import codec, faults, validate
 from .errors import CorruptStore, NotSerializable, StoreError, StoreIOError, StoreUnavailable
 from .fsutil import io_error, read_file, write_replace
 from .layout import check_dir, create, leftover_temp, prepare_dir, store_id
-from .log import Log, Overtaken
+from .log import Log, Overtaken, piece_header
 from .state import StoreState
 from .watch import Watch
 
@@ -113,16 +113,9 @@ class Replica:
             raise CorruptStore(str(path), 0, str(exc)) from None
         except OSError as exc:
             raise io_error(exc, f"reading {path}") from None
-        header = self._snapshot_frame(path, data, 0)
-        if not isinstance(header, dict) or header.keys() < {"store", "segment", "prev"}:
-            raise CorruptStore(str(path), 0, "no snapshot header")
-        if header["store"] != self._log.store_id:
-            raise CorruptStore(str(path), 0, f"belongs to another store (id {header['store']!r})")
-        if type(header["segment"]) is not int:
-            raise CorruptStore(str(path), 0, "the snapshot header names no segment")
-        body_at = codec.read_frame(data, 0)[1]  # type: ignore[index]  # read above
-        body = self._snapshot_frame(path, data, body_at)
-        end = codec.read_frame(data, body_at)[1]  # type: ignore[index]
+        header, body_at = self._snapshot_frame(path, data, 0)
+        piece_header(path, header, self._log.store_id)
+        body, end = self._snapshot_frame(path, data, body_at, depth=None)  # validate.snapshot checks it
         if end != len(data):
             raise CorruptStore(str(path), end, "extra bytes after the snapshot")
         try:
@@ -134,12 +127,14 @@ class Replica:
         return header["segment"], header["prev"], state
 
     @staticmethod
-    def _snapshot_frame(path: Path, data: bytes, offset: int) -> Any:
+    def _snapshot_frame(path: Path, data: bytes, offset: int,
+                        depth: int | None = codec.FRAME_DEPTH) -> tuple[Any, int]:
+        """The value in the snapshot's frame at `offset`, and where the frame ends."""
         found = codec.read_frame(data, offset)
         if found is None:
             raise CorruptStore(str(path), offset, codec.fault(data, offset) or "cut short")
         try:
-            return codec.unpack(found[0])
+            return codec.unpack(found[0], depth), found[1]
         except codec.Undecodable as exc:
             raise CorruptStore(str(path), offset, str(exc)) from None
 

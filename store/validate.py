@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import codec
 from .state import CLAIM, CREATE, HEARTBEAT, RELEASE, RELEASE_OWNER, SETTLE, WAIT, StoreState
 from .types import State, TaskState
 
@@ -173,3 +174,7 @@ def snapshot(body: Any) -> None:
             raise Invalid(f"task {i}: unknown promise {entry[0]!r}")
         if not _plain_task(entry[1]):
             raise Invalid(f"task {i} ({entry[0]!r}): {TASK(entry[1], empty)}")
+    # What the records hold of their users' values (args, tags, value, last error): the
+    # only parts that can nest, or hold a type of msgpack's own, once the above held.
+    values = [f[i] for f in body[0] for i in (3, 5, 9)] + [entry[1][8] for entry in body[1]]
+    codec.check_nested(values, codec.FRAME_DEPTH)
