@@ -9,9 +9,9 @@
 """
 
 from .context import Context, Current, Handle, current
-from .errors import Canceled, ChildFailed, NonDeterminism, RunnerError, TimedOut
+from .errors import Canceled, ChildFailed, NonDeterminism, RunnerError, TimedOut, WorkerDied
 from .registry import function, registry
 from .retry import Retry
 
 __all__ = ["Canceled", "ChildFailed", "Context", "Current", "Handle", "NonDeterminism", "Retry",
-           "RunnerError", "TimedOut", "current", "function", "registry"]
+           "RunnerError", "TimedOut", "WorkerDied", "current", "function", "registry"]

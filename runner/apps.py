@@ -43,7 +43,7 @@ def load_apps(modules: Sequence[str] = (), cwd: Path | None = None) -> list[str]
     for name in names:
         try:
             importlib.import_module(name)
-        except Exception as error:
+        except (Exception, SystemExit) as error:  # a module calling sys.exit() at import, too
             cause = " ".join(f"{type(error).__name__}: {error}".split())
             raise AppError(f"cannot load app module {name!r}: {cause}", module=name) from error
     return names

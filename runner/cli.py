@@ -2,13 +2,14 @@
 
 Every error a user can cause becomes one line on stderr and a documented exit
 code (see README.md): 0 resolved, 1 rejected, 2 bad usage or input,
-3 the store or the supervisor cannot serve.
+3 the store or the supervisor cannot serve, 4 the run is parked.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 import time
@@ -35,7 +36,7 @@ from runner.store import (
 from . import jsonout, logs, progress
 from .apps import load_apps
 from .durations import Duration
-from .errors import AppError, BadInput, Interrupted, RegistryError, RunnerError, SupervisorRunning
+from .errors import AppError, BadInput, Interrupted, Parked, RegistryError, RunnerError, SupervisorRunning
 from .invoke import submit, wait
 from .registry import Registry, registry
 from .supervisor import Supervisor
@@ -83,12 +84,23 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(Env(store_dir, apps), **kwargs)
         except _INPUT_ERRORS as exc:
             fail(str(exc), EXIT_USAGE)
-        except Interrupted as exc:
+        except (Interrupted, Parked) as exc:
             fail(str(exc), exc.exit_code)
         except (RunnerError, StoreError) as exc:
             fail(str(exc), EXIT_STORE)
+        except OSError as exc:  # a path the system refuses (too long, a loop of links, ...)
+            fail(os_error_line(exc), EXIT_STORE)
 
     return wrapper
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError on one readable line: a path of thousands of characters is shortened."""
+    name = str(exc.filename) if exc.filename is not None else ""
+    if len(name) > 80:
+        name = f"{name[:40]}...{name[-37:]} ({len(name)} characters)"
+    reason = exc.strerror or type(exc).__name__
+    return f"{reason}: {name}" if name else reason
 
 
 def fail(message: str, code: int) -> None:
@@ -218,6 +230,10 @@ def main() -> None:
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as click would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except Exception as exc:  # a bug of ours: still one line, with where to find the rest
+        logging.getLogger("runner").debug("unexpected error", exc_info=True)
+        fail(f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+             "rerun with --log-level debug for the traceback", EXIT_STORE)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -8,16 +8,16 @@ durable batch when the workflow suspends or finishes.
 
 from __future__ import annotations
 
-import builtins
 import contextvars
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from runner.store import NewPromise, Promise, State, normalize
+from runner.store import NewPromise, Promise, State, normalize_packed, pack
 
-from .errors import Canceled, ChildFailed, NonDeterminism, TimedOut
+from .error_values import raise_error
+from .errors import NonDeterminism
 from .registry import Registry
 
 EXTERNAL = "<external>"  # func of a promise no function runs: settled from outside
@@ -50,31 +50,6 @@ def set_current(info: Current) -> contextvars.Token[Current]:
 
 def child_id(parent: str, position: int) -> str:
     return f"{parent}.{position}"
-
-
-def error_value(exc: BaseException) -> dict[str, Any]:
-    """How an exception is stored: its type name and message survive the trip."""
-    if isinstance(exc, ChildFailed):
-        return {"type": exc.type_name, "message": exc.message}
-    return {"type": type(exc).__name__, "message": str(exc)}
-
-
-def raise_error(promise: Promise) -> BaseException:
-    """The exception to raise where a rejected promise is awaited."""
-    error = promise.value if isinstance(promise.value, dict) else {}
-    type_name = str(error.get("type", "Error"))
-    message = str(error.get("message", ""))
-    if promise.state is State.REJECTED_CANCELED:
-        return Canceled(promise.id, "Canceled", message or f"{promise.id} was canceled")
-    if promise.state is State.REJECTED_TIMEDOUT:
-        return TimedOut(promise.id, "TimedOut", message or f"{promise.id} timed out")
-    builtin = getattr(builtins, type_name, None)
-    if isinstance(builtin, type) and issubclass(builtin, Exception):
-        try:
-            return builtin(message)
-        except Exception:  # a builtin whose constructor wants other arguments
-            pass
-    return ChildFailed(promise.id, type_name, message)
 
 
 class Handle:
@@ -112,6 +87,7 @@ class Context:
         self.lookup = lookup
         self._position = 0
         self._new: list[NewPromise] = []
+        self.diverged: NonDeterminism | None = None  # set once replay took another path
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Handle:
         """Spawn `fn(*args)` as a durable child; any worker may run it."""
@@ -131,16 +107,25 @@ class Context:
         position = self._position
         self._position += 1
         cid = child_id(self.id, position)
-        args = normalize(args)  # also refuses what cannot be stored, in the workflow's frame
+        # Also refuses what cannot be stored, in the workflow's frame.
+        args, packed = normalize_packed(args)
         recorded = self._recorded.get(cid)
         if recorded is not None:
-            if recorded.func != func or recorded.args != args:
-                found = func if recorded.func != func else f"{func} with other arguments"
-                raise NonDeterminism(self.id, position, recorded.func, found)
+            # Compared as stored bytes, not with ==: NaN equals NaN, True differs from 1.
+            # Only a replayed child pays for packing its recorded arguments.
+            if recorded.func != func:
+                self._diverge(position, recorded.func, func)
+            if pack(recorded.args) != packed:
+                self._diverge(position, recorded.func, f"{func} with other arguments")
         else:
             self._new.append(NewPromise(cid, func, args, parent=self.id, tags=tags or {},
                                         timeout=self._timeout, runnable=runnable))
         return Handle(self, cid)
+
+    def _diverge(self, position: int, expected: str, found: str) -> NoReturn:
+        """Raise NonDeterminism, and remember it: a workflow that catches it is parked all the same."""
+        self.diverged = NonDeterminism(self.id, position, expected, found)
+        raise self.diverged
 
     def take_new(self) -> list[NewPromise]:
         """Children spawned since the last call: the batch the driver writes next."""
@@ -155,4 +140,4 @@ class Context:
         for position in range(self._position, len(self._recorded)):
             cid = child_id(self.id, position)
             if cid in self._recorded:
-                raise NonDeterminism(self.id, position, self._recorded[cid].func, "nothing")
+                self._diverge(position, self._recorded[cid].func, "nothing")

@@ -7,7 +7,8 @@ message here is written to stand alone on one line.
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class RunnerError(Exception):
@@ -58,17 +59,41 @@ class AppError(RunnerError):
 
 
 class ChildFailed(RunnerError):
-    """A child promise was rejected; raised where a workflow awaits it.
+    """A child promise was rejected with an error that cannot come back as itself.
 
-    Errors of builtin types come back as themselves (a ValueError stays a
-    ValueError); any other type arrives as this, with its name and message.
+    A builtin exception comes back as itself, and so does a user's class that the
+    awaiting process has imported and can rebuild from its stored arguments (see
+    error_values.py). Anything else arrives as this; when the original class derives
+    from a builtin one, this is also an instance of that builtin (a `BadInput(ValueError)`
+    arrives as a ChildFailed that `except ValueError` catches).
+
+    `error` is the stored mapping; `module` and `qualname` name the original class
+    (None for an error stored without them), `error_args` its stored arguments.
     """
 
-    def __init__(self, promise_id: str, type_name: str, message: str) -> None:
-        super().__init__(f"{type_name}: {message}" if message else type_name)
+    def __init__(self, promise_id: str, type_name: str, message: str,
+                 error: Mapping[str, Any] | None = None) -> None:
+        # Exception.__init__, not super(): in a subclass that is also, say, a
+        # UnicodeDecodeError, the next __init__ along would want that builtin's arguments.
+        Exception.__init__(self, f"{type_name}: {message}" if message else type_name)
         self.promise_id = promise_id
         self.type_name = type_name
         self.message = message
+        self.error: dict[str, Any] = dict(error) if error is not None else {"type": type_name,
+                                                                              "message": message}
+        self.module: str | None = _text_or_none(self.error.get("module"))
+        self.qualname: str | None = _text_or_none(self.error.get("qualname"))
+        self.error_args: list[Any] | None = self.error.get("args") if isinstance(
+            self.error.get("args"), list) else None
+
+    def __str__(self) -> str:
+        # The message given above, not a builtin base's own __str__ (UnicodeDecodeError's
+        # reads fields that are never set here).
+        return Exception.__str__(self)
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class Canceled(ChildFailed):
@@ -77,6 +102,21 @@ class Canceled(ChildFailed):
 
 class TimedOut(ChildFailed):
     """The awaited promise passed its timeout before it settled."""
+
+
+class WorkerDied(RunnerError):
+    """The process running an attempt died: killed (SIGKILL, the OOM killer), exited
+    (`sys.exit`, `os._exit`), crashed (a segfault), or stopped heartbeating until its
+    lease lapsed.
+
+    A death counts as an attempt. The function's retry policy is asked with this error,
+    so `Retry(non_retryable=(WorkerDied,))` never runs a function again after a death;
+    once the policy is spent the promise is rejected with `{"type": "WorkerDied", ...}`.
+    """
+
+    def __init__(self, promise_id: str, message: str) -> None:
+        super().__init__(message)
+        self.promise_id = promise_id
 
 
 class BadInput(RunnerError):
@@ -105,3 +145,29 @@ class AlreadySettled(BadInput):
         super().__init__(f"promise {promise_id!r} is already {state}; nothing changed")
         self.promise_id = promise_id
         self.state = state
+
+
+class NotParked(BadInput):
+    """`runner promises retry` named a promise that is not parked: there is nothing to resume."""
+
+    def __init__(self, promise_id: str, state: str) -> None:
+        super().__init__(f"promise {promise_id!r} is not parked (it is {state}); nothing changed")
+        self.promise_id = promise_id
+        self.state = state
+
+
+class Parked(RunnerError):
+    """A run cannot finish while a workflow in it is parked: its replay took another path.
+
+    The run is kept, waiting for a fix to the code; `runner invoke` exits with this
+    error's own code rather than wait for a fix it cannot see.
+    """
+
+    exit_code = 4
+
+    def __init__(self, root: str, parked_id: str, error: str, resume: str) -> None:
+        where = "" if parked_id == root else f" at {parked_id}"
+        super().__init__(f"run {root} is parked{where}: {error}; once the code is fixed, '{resume}' "
+                         "resumes it (so does the next supervisor to start)")
+        self.promise_id = root
+        self.parked_id = parked_id

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from runner.store import DirStore, State
 
-from . import report, settle, views
+from . import parked, report, settle, views
 from .cli import EXIT_STORE, Env, cli, common, fail, parse_json, to_json
 from .status import status as gather_status
 
@@ -45,6 +45,7 @@ def promises() -> None:
       runner promises list --state pending
       runner promises get order-42.3
       runner promises resolve order-42.0 --value '"yes"'
+      runner promises retry order-42
     """
 
 
@@ -148,6 +149,29 @@ def cancel(env: Env, promise_id: str, reason: str, as_json: bool) -> None:
     store = _open(env)
     _, canceled = settle.cancel(store, promise_id, reason)
     _settled(store, promise_id, as_json, canceled)
+
+
+@promises.command("retry")
+@click.argument("promise_id", metavar="ID")
+@json_option
+@common
+def retry(env: Env, promise_id: str, as_json: bool) -> None:
+    """Resume a parked workflow: one whose replay took another path than its store records.
+
+    Run it once the code is fixed. The workflow replays from the top; the children it
+    had settled are read back, never run again. A supervisor resumes every parked
+    workflow when it starts, too.
+
+    \b
+    Example:
+      runner promises retry order-42
+    """
+    store = _open(env)
+    parked.resume(store, promise_id)
+    if as_json:
+        click.echo(to_json(report.detail(store, promise_id)))
+    else:
+        click.echo(f"{promise_id} resumed: it replays when a worker claims it")
 
 
 def _settled(store: DirStore, promise_id: str, as_json: bool, canceled: list[str] | None = None) -> None:

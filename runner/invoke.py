@@ -16,6 +16,7 @@ from typing import Any
 from runner.store import NewPromise, Promise, PromiseStore, State, check_id
 
 from .errors import BadInput, Interrupted
+from .parked import parked_in_run
 from .registry import Registry
 from .supervisor import Supervisor
 
@@ -56,6 +57,9 @@ def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: s
     run that timed out or was cancelled are killed, their late results fenced off).
     A SIGINT or SIGTERM stops the wait with Interrupted: the run stays on disk, and
     whoever supervises the store next (a later invoke of the id, `runner start`) finishes it.
+    A run with a parked workflow raises Parked: waiting would wait for a fix to the code,
+    which the workers already running cannot load. A supervisor we start ourselves first
+    lets parked workflows replay, in case the code was fixed since.
     """
     told = False
 
@@ -85,7 +89,7 @@ def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: s
                     on_change()
                     promise = store.get(promise_id)
                     if not settled(promise):
-                        return False
+                        return parked_in_run(store, promise_id) is not None  # drain, then say so
                     assert promise is not None
                     if promise.state in _ABANDONED:
                         supervisor.stop_now()
@@ -94,7 +98,11 @@ def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: s
                 supervisor.run(until=done)
                 if supervisor.stopped_by is not None:
                     raise _interrupted(store, promise_id, supervisor.stopped_by)
+                if (parked := parked_in_run(store, promise_id)) is not None:
+                    raise parked
                 continue
+            if (parked := parked_in_run(store, promise_id)) is not None:
+                raise parked  # no fix can reach the code another supervisor has loaded
             watch.wait(BACKSTOP)
     except KeyboardInterrupt:  # waiting on another supervisor's work: the run goes on there
         raise _interrupted(store, promise_id, signal.SIGINT) from None

@@ -17,6 +17,7 @@ from typing import Any
 from runner.store import NotFound, Promise, PromiseStore, State, Task
 
 from .owners import owner_pid
+from .parked import parked_info
 
 
 def duration(p: Promise, now: float) -> float:
@@ -56,6 +57,7 @@ def detail(store: PromiseStore, promise_id: str, now: float | None = None) -> di
         "args": p.args, "tags": p.tags, "timeout": p.timeout,
         "value": p.value if p.state is State.RESOLVED else None, "error": _error(p),
         "children": len(store.children(promise_id)), "task": task_info(task),
+        "parked": parked_info(task),
     })
     return info
 
@@ -75,7 +77,8 @@ def node(p: Promise, task: Task | None, now: float) -> dict[str, Any]:
     del info["parent"]
     info.update({"task": task.state.value if task else None,
                  "attempt": task.attempt if task else p.attempt or None,
-                 "worker_pid": owner_pid(task.owner) if task else None, "error": _error(p)})
+                 "worker_pid": owner_pid(task.owner) if task else None, "error": _error(p),
+                 "parked": parked_info(task)})
     return info
 
 

@@ -17,6 +17,7 @@ import psutil
 from runner.store import PromiseStore, Task
 
 from .owners import owner_pid
+from .parked import parked_info
 
 
 def _process(pid: int | None, owner: str | None = None) -> psutil.Process | None:
@@ -52,6 +53,11 @@ def _claim(store: PromiseStore, task: Task, now: float) -> dict[str, Any]:
             "expires_in": round(task.expires_at - now, 3) if task.expires_at is not None else None}
 
 
+def _parked(store: PromiseStore, task: Task) -> dict[str, Any]:
+    p = store.get(task.id, fresh=False)  # parked() just caught up with the store
+    return {"id": task.id, "func": p.func if p else None, **(parked_info(task) or {})}
+
+
 def status(store: PromiseStore, store_dir: Path, *, sample: float = 0.1) -> dict[str, Any]:
     """Everything `runner status` shows; `sample` seconds are spent measuring CPU use."""
     info = store.supervisor()
@@ -61,7 +67,8 @@ def status(store: PromiseStore, store_dir: Path, *, sample: float = 0.1) -> dict
     result: dict[str, Any] = {
         "store": str(store_dir), "supervisor": None, "workers": [], "unowned_claims": [],
         "queue": {"ready": stats.ready, "claimed": stats.claimed, "waiting": stats.waiting,
-                  "delayed": stats.delayed},
+                  "delayed": stats.delayed, "parked": stats.parked},
+        "parked": [_parked(store, t) for t in store.parked()],
         "promises": dict(stats.by_state),
     }
     by_owner: dict[str | None, list[Task]] = {}

@@ -3,6 +3,10 @@
 Signal handlers only count signals; the loop does the work. The loop sleeps in
 select() on the signal wake-up pipe (SIGCHLD included, so a death is seen, not
 guessed) and, when it also waits for a result, on the store's watch.
+
+A death is an attempt: the claims of a worker that died, of a previous generation, or
+of a lapsed lease go back with the attempt moved on, and the function's retry policy
+decides whether and when it runs again (see `after_death`).
 """
 
 from __future__ import annotations
@@ -12,15 +16,18 @@ import logging
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner.store import DEFAULT_LEASE, PromiseStore, open_store
+from runner.store import DEFAULT_LEASE, Promise, PromiseStore, Task, open_store
+from runner.store.deaths import died
 from runner.store.interface import Watchable
+from runner.store.lockholder import is_stopped
 
-from .errors import SupervisorRunning
+from .errors import SupervisorRunning, UnknownFunction, WorkerDied
 from .owners import owner_id
 from .registry import Registry
 from .worker import die_with_parent, run_worker
@@ -31,6 +38,8 @@ TICK = 1.0  # seconds between expiry sweeps (the backstop for deaths nobody saw)
 QUICK_DEATH = 1.0  # a worker dying younger than this is restarted after a pause
 RESTART_PAUSE = 0.5
 _FORK_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD}
+LOCK_WATCH = 0.5  # seconds between looks at who holds the store lock
+STOPPED_HOLDER = 2.0  # a worker of ours stopped this long while holding the lock is killed
 
 
 class Supervisor:
@@ -47,6 +56,7 @@ class Supervisor:
         self._signals = 0
         self.stopped_by: int | None = None  # the first SIGINT/SIGTERM received, if any
         self._kill = False
+        self._killed = False  # we SIGKILLed the workers ourselves: their deaths are not attempts
         self._draining = False
         self._restart_at: list[float] = []
         self._pipe: tuple[int, int] | None = None
@@ -58,9 +68,13 @@ class Supervisor:
         try:
             # Claims left by a previous generation belong to dead or fenced
             # processes: give them back now rather than after their leases.
-            released = self.store.release_owner(None)
+            released = self.store.release_owner(None, how="its supervisor was gone", decide=self.after_death)
             if released:
                 log.info("took back %d claims of the previous supervisor", len(released))
+            # The code may have been fixed since they were parked: let each replay again.
+            resumed = self.store.unpark(None)
+            if resumed:
+                log.info("resumed %d parked workflows: %s", len(resumed), ", ".join(resumed[:10]))
             self._loop(until)
         finally:
             self.store.unlock_supervisor()
@@ -68,6 +82,8 @@ class Supervisor:
     def _loop(self, until: Callable[[], bool] | None) -> None:
         previous = self._install_signals()
         watch = self.store.watch() if until is not None else None
+        watchdog = LockWatchdog(self.store, lambda: set(self.workers))
+        watchdog.start()
         try:
             for _ in range(self.size):
                 self._spawn()
@@ -79,14 +95,15 @@ class Supervisor:
                 if self._signals >= 1 or (until is not None and until()):
                     self._drain()
                 if self._signals >= 2 or self._kill:
-                    self._signal_all(signal.SIGKILL)
+                    self._kill_all()
                 if time.monotonic() >= next_tick:
-                    self.store.expire()
+                    self.store.expire(decide=self.after_death)
                     next_tick = time.monotonic() + TICK
         finally:
+            watchdog.stop()
             if watch is not None:
                 watch.close()
-            self._signal_all(signal.SIGKILL)
+            self._kill_all()
             self._reap(block=True)
             self._restore_signals(previous)
 
@@ -185,7 +202,8 @@ class Supervisor:
             if entry is None:
                 continue
             owner, started = entry
-            released = self.store.release_owner(owner)
+            released = self.store.release_owner(owner, how=_describe(status), decide=self.after_death,
+                                                counted=not self._killed)
             log.log(logging.INFO if self._draining else logging.WARNING,
                     "worker %d exited (%s); released %d claims", pid, _describe(status), len(released))
             if not self._draining:
@@ -208,6 +226,12 @@ class Supervisor:
             self._restart_at.clear()
             self._signal_all(signal.SIGTERM)
 
+    def _kill_all(self) -> None:
+        """SIGKILL every worker. What they ran was not what killed them, so those deaths
+        give their claims back without spending an attempt."""
+        self._killed = True
+        self._signal_all(signal.SIGKILL)
+
     def _signal_all(self, sig: int) -> None:
         for pid in self.workers:
             with contextlib.suppress(ProcessLookupError):
@@ -219,6 +243,72 @@ class Supervisor:
             "owners": {str(pid): owner for pid, (owner, _) in self.workers.items()},
             "concurrency": self.concurrency,
         })
+
+
+    def after_death(self, promise: Promise, task: Task, error: dict[str, Any]) -> float | None:
+        """The delay before the attempt after a death, by the function's retry policy;
+        None when the policy is spent (the store rejects the promise with `error`).
+
+        The first re-run after a death starts at once: one death is most often the
+        machine's doing (a kill, the OOM killer), and a killed branch should run again in
+        milliseconds. A death right after a death waits the policy's delay, so a function
+        that kills its worker cannot crash-loop faster than its backoff.
+        """
+        try:
+            policy = self.registry.lookup(promise.func).retry
+        except UnknownFunction:
+            return 0.0  # the worker that claims it rejects it by name
+        delay = policy.next_delay(task.attempt, WorkerDied(promise.id, error.get("message", "")))
+        if delay is None:
+            return None
+        return delay if died(task.last_error) else 0.0
+
+
+class LockWatchdog:
+    """Frees the store lock from a worker of ours that was stopped while holding it.
+
+    A stopped holder (SIGSTOP, a debugger) freezes every process of the store, this
+    supervisor's own loop included, and no lease helps, since acting on one needs the
+    lock. So this runs on a thread of its own, which never takes the lock. Killing the
+    worker is safe at any instant, as any crash is; the loop then reaps it and gives
+    its claims back. A stopped process that is not ours is only named, by whoever
+    waits for the lock (see store/log.py).
+    """
+
+    def __init__(self, store: PromiseStore, ours: Callable[[], set[int]]) -> None:
+        self._store = store
+        self._ours = ours
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lock-watchdog", daemon=True)
+        self._stopped_since: dict[int, float] = {}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(LOCK_WATCH):
+            try:
+                self.check(time.monotonic())
+            except Exception:  # a watchdog that dies would leave the next freeze unseen
+                log.exception("lock watchdog check failed")
+
+    def check(self, now: float) -> None:
+        try:
+            ours = self._ours()
+        except RuntimeError:  # the workers changed while we copied them: look next time
+            return
+        stopped = {pid for pid in self._store.lock_holders() if pid in ours and is_stopped(pid)}
+        self._stopped_since = {pid: self._stopped_since.get(pid, now) for pid in stopped}
+        for pid, since in self._stopped_since.items():
+            if now - since >= STOPPED_HOLDER:
+                log.error("worker %d was stopped for %.0f s holding the store lock; killing it to free the "
+                          "store", pid, now - since)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _describe(status: int) -> str:

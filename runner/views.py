@@ -16,7 +16,7 @@ from rich.console import Console, Group
 from rich.text import Text
 
 STYLES = {"pending": "yellow", "resolved": "green", "rejected": "red", "rejected_canceled": "magenta",
-          "rejected_timedout": "red"}
+          "rejected_timedout": "red", "parked": "bold yellow"}
 
 
 def console() -> Console:
@@ -89,8 +89,11 @@ def promise_detail(d: dict[str, Any]) -> Iterator[Text]:
         rows.append(("worker", holder if task["owner"] else "-"))
         if task["awaiting"]:
             rows.append(("awaiting", ", ".join(task["awaiting"])))
-        if task["last_error"] is not None:
+        if task["last_error"] is not None and d["parked"] is None:  # else shown as why it is parked
             rows.append(("last error", error_text(task["last_error"])))
+    if d["parked"] is not None:
+        rows.append(("parked", f"{error_text(d['parked']['error'])}; once the code is fixed, "
+                               f"'{d['parked']['resume']}' resumes it"))
     if d["state"] == "resolved":
         rows.append(("value", compact(d["value"])))
     elif d["error"] is not None:
@@ -110,6 +113,9 @@ def node_line(n: dict[str, Any], label: str | None = None) -> Text:
         line.append(f"  on pid {n['worker_pid']}")
     if n["error"] is not None:
         line.append(f"  {error_text(n['error'])}", style=STYLES.get(n["state"], ""))
+    if n["parked"] is not None:
+        line.append(f"  {error_text(n['parked']['error'])}", style=STYLES["parked"])
+        line.append(f"  (resume: {n['parked']['resume']})")
     return line
 
 
@@ -146,7 +152,12 @@ def status(s: dict[str, Any]) -> Iterator[Text]:
         yield from _claims(s["unowned_claims"], "    ")
     q = s["queue"]
     yield Text(f"queue: {q['ready']} ready, {q['claimed']} claimed, {q['waiting']} waiting, "
-               f"{q['delayed']} delayed (retry backoff)")
+               f"{q['delayed']} delayed (retry backoff), {q['parked']} parked")
+    if s["parked"]:
+        yield Text("parked (replay took another path; resume once the code is fixed):",
+                   style=STYLES["parked"])
+    for p in s["parked"]:
+        yield Text(f"  {p['id']}  {p['func']}  {error_text(p['error'])}  (resume: {p['resume']})")
     counts = [state(f"{n} {name}") for name, n in s["promises"].items()]
     for name, part in zip(s["promises"], counts, strict=True):
         part.stylize(STYLES.get(name, ""))

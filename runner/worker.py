@@ -30,11 +30,13 @@ from runner.store import (
     normalize,
 )
 
-from .context import Context, Current, error_value, set_current
+from .context import Context, Current, set_current
+from .error_values import error_value
 from .errors import NonDeterminism, RunnerError
 from .owners import owner_id
+from .parked import resume_hint
 from .registry import Registered, Registry
-from .workflow import Failed, Finished, RunCache, WorkflowRun
+from .workflow import Failed, Finished, RunCache, Waiting, WorkflowRun
 
 log = logging.getLogger(__name__)
 
@@ -239,11 +241,16 @@ class Worker:
             return
         while True:
             step = run.step(settled)
+            if run.ctx.diverged is not None:  # even if the workflow caught the NonDeterminism
+                if isinstance(step, Waiting):
+                    run.close()
+                self._park(claim, run.ctx.diverged)
+                return
             if isinstance(step, Finished):
                 self._finish(claim, State.RESOLVED, step.value, run.ctx.take_new())
                 return
             if isinstance(step, Failed):
-                if not isinstance(step.error, NonDeterminism | RunnerError):
+                if not isinstance(step.error, RunnerError):
                     log.info("%s: workflow failed: %r", claim.id, step.error)
                 self._finish(claim, State.REJECTED, error_value(step.error))
                 return
@@ -253,6 +260,15 @@ class Worker:
                 self.cache.put(claim.id, run)
                 return
             settled = self.store.get(step.child, fresh=False)  # suspend() read it settled
+
+    def _park(self, claim: Claim, error: NonDeterminism) -> None:
+        """Hold the workflow with its error instead of rejecting it: fixed code resumes it.
+
+        The children this replay spawned down the other path are not written.
+        """
+        self.store.park(claim.id, claim.counter, error_value(error))
+        log.info("%s: parked: %s; once the code is fixed, '%s' resumes it", claim.id, error,
+                    resume_hint(claim.id))
 
     def _replay(self, claim: Claim, entry: Registered) -> WorkflowRun | None:
         ctx = Context(claim.promise, self.store.children(claim.id), self.registry,

@@ -4,7 +4,7 @@
 interface the runner speaks, so another backend can stand behind it.
 """
 
-from .codec import normalize
+from .codec import normalize, normalize_packed, pack
 from .directory import DEFAULT_LEASE, DirStore, check_id
 from .errors import (
     CorruptStore,
@@ -31,5 +31,5 @@ __all__ = [
     "NewPromise",
     "NotFound", "NotSerializable", "Page", "Promise", "PromiseStore", "StaleClaim", "State", "Stats",
     "StoreError", "StoreFormatError", "StoreFull", "StoreIOError", "StoreUnavailable", "Task",
-    "TaskState", "check_id", "normalize", "open_store",
+    "TaskState", "check_id", "normalize", "normalize_packed", "open_store", "pack",
 ]

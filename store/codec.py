@@ -112,8 +112,19 @@ def normalize(value: Any) -> Any:
 
     Raises NotSerializable for what cannot be stored or would not read back.
     """
+    return normalize_packed(value)[0]
+
+
+def normalize_packed(value: Any) -> tuple[Any, bytes]:
+    """`normalize(value)` and the bytes the store holds for it.
+
+    Packing is idempotent over normalization (a tuple packs as the list it reads back
+    as), so two values are the same stored value exactly when these bytes are equal:
+    NaN is NaN, and True is not 1.
+    """
     try:
-        return unpack(pack(value), MAX_DEPTH)
+        packed = pack(value)
+        return unpack(packed, MAX_DEPTH), packed
     except Undecodable as exc:  # packs, but does not read back (a dict with a tuple key, too deep)
         raise NotSerializable(f"cannot store value: it would not read back ({exc})") from None
 

@@ -7,12 +7,14 @@ is described in layout.py.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .deaths import Decide, died_error, retry_at_once
 from .errors import (
     NotFound,
     StaleClaim,
@@ -24,11 +26,15 @@ from .state import (
     CLAIM,
     CREATE,
     HEARTBEAT,
+    PARK,
     RELEASE,
     RELEASE_OWNER,
     SETTLE,
+    UNPARK,
     WAIT,
+    overdue,
     promise_to_list,
+    timeout_error,
 )
 from .types import Claim, Completion, NewPromise, Page, Promise, State, Stats, Task, TaskState
 
@@ -72,31 +78,38 @@ class DirStore(Replica):
             self._commit(self._create_ops(promises, now))
             return [self.state.promises[new.id] for new in promises]
 
-    def get(self, promise_id: str, *, fresh: bool = True) -> Promise | None:
-        """The promise; with fresh=False, as last read (cheap, maybe behind other processes)."""
-        if not fresh:
-            with self._mutex:
-                return self.state.promises.get(promise_id)
-        with self._locked():
-            return self.state.promises.get(promise_id)
+    def get(self, promise_id: str, *, fresh: bool = True, now: float | None = None) -> Promise | None:
+        """The promise as of `now` (timed out once overdue, swept or not); with fresh=False,
+        as last read (cheap, maybe behind other processes)."""
+        now = time.time() if now is None else now
+        with self._mutex if not fresh else self._locked():
+            p = self.state.promises.get(promise_id)
+            return None if p is None else self.state.seen(p, now)
 
     def task(self, promise_id: str) -> Task | None:
         with self._locked():
             record = self.state.tasks.get(promise_id)
             return None if record is None else record.frozen(promise_id)
 
-    def children(self, parent: str) -> list[Promise]:
+    def children(self, parent: str, now: float | None = None) -> list[Promise]:
+        """The children of `parent` in creation order, each as `get` sees it at `now`."""
+        now = time.time() if now is None else now
         with self._locked():
-            return [self.state.promises[c] for c in self.state.children.get(parent, ())]
+            promises, seen = self.state.promises, self.state.seen
+            return [seen(promises[c], now) for c in self.state.children.get(parent, ())]
 
     def search(self, *, state: State | None = None, parent: str | None = None,
-               prefix: str | None = None, limit: int = 100, cursor: int = 0) -> Page:
-        """Promises in creation order, filtered; page with the returned cursor."""
+               prefix: str | None = None, limit: int = 100, cursor: int = 0,
+               now: float | None = None) -> Page:
+        """Promises in creation order, filtered, each as `get` sees it at `now`; page with
+        the returned cursor."""
+        now = time.time() if now is None else now
         with self._locked():
+            seen = self.state.seen
             if parent is not None:
-                pool = [self.state.promises[c] for c in self.state.children.get(parent, ())]
+                pool = [seen(self.state.promises[c], now) for c in self.state.children.get(parent, ())]
             else:
-                pool = list(self.state.promises.values())
+                pool = [seen(p, now) for p in self.state.promises.values()]
         matches = [p for p in pool[cursor:] if (state is None or p.state is state)
                    and (prefix is None or p.id.startswith(prefix))]
         items = matches[:limit]
@@ -108,7 +121,8 @@ class DirStore(Replica):
                now: float | None = None) -> Promise:
         """Settle a pending promise; settling a settled one returns it unchanged.
 
-        Cancelling also cancels every pending descendant, in the same frame.
+        At or past its deadline it times out instead (see _settle_op). Cancelling also
+        cancels every pending descendant, in the same frame.
         """
         if not state.settled:
             raise ValueError("settle needs a final state")
@@ -119,25 +133,50 @@ class DirStore(Replica):
                 raise NotFound(promise_id)
             if p.settled:
                 return p
-            ops = [[SETTLE, promise_id, state.value, value, now]]
+            ops = [self._settle_op(promise_id, state, value, now)]
             if state is State.REJECTED_CANCELED:
                 cause = {"type": "Canceled", "message": f"canceled with {promise_id}"}
-                ops += [[SETTLE, d, state.value, cause, now]
+                ops += [self._settle_op(d, state, cause, now)
                         for d in self.state.descendants_pending(promise_id)]
             self._commit(ops)
             return self.state.promises[promise_id]
+
+    def _settle_op(self, pid: str, state: State, value: Any, now: float) -> list[Any]:
+        """Settle `pid` as asked, or, at or past its deadline, time it out at the deadline.
+
+        A late value is never stored, whether or not a sweep has run. The timeout is
+        the one the sweep would write and a reader is shown (StoreState.seen), so all agree.
+        """
+        if overdue(self.state.promises[pid], now):
+            return self._timeout_op(pid)
+        return [SETTLE, pid, state.value, value, now]
+
+    def _timeout_op(self, pid: str) -> list[Any]:
+        """Time `pid` out as of its deadline, not of whenever this is noticed."""
+        deadline = self.state.promises[pid].timeout
+        return [SETTLE, pid, State.REJECTED_TIMEDOUT.value, timeout_error(pid), deadline]
 
     # -- tasks ----------------------------------------------------------------------
 
     def claim(self, owner: str, now: float | None = None, *, limit: int = 1,
               lease: float | None = None) -> list[Claim]:
-        """Lease up to `limit` ready tasks to `owner`, each with a fresh fencing counter."""
+        """Lease up to `limit` ready tasks to `owner`, each with a fresh fencing counter.
+
+        Never an overdue one: every promise past its deadline is timed out in the same
+        frame instead (the sweep's work, done as soon as anyone would act on it).
+        """
         now = time.time() if now is None else now
         expires = now + (self.lease if lease is None else lease)
         with self._locked():
-            picked = self.state.claimable(owner, now, max(0, limit), AFFINITY_GRACE)
+            due = self.state.timed_out(now)
+            ops = [self._timeout_op(pid) for pid in due]
+            skip = set(due)
+            picked = list(itertools.islice(
+                (pid for pid in self.state.candidates(owner, now, AFFINITY_GRACE) if pid not in skip),
+                max(0, limit)))
             tasks = self.state.tasks
-            self._commit([[CLAIM, pid, owner, tasks[pid].counter + 1, expires, now] for pid in picked])
+            ops += [[CLAIM, pid, owner, tasks[pid].counter + 1, expires, now] for pid in picked]
+            self._commit(ops)
             return [Claim(self.state.promises[pid], tasks[pid].counter, tasks[pid].attempt, owner, expires)
                     for pid in picked]
 
@@ -170,14 +209,19 @@ class DirStore(Replica):
 
     def complete(self, promise_id: str, counter: int, state: State, value: Any,
                  now: float | None = None, *, creates: Sequence[NewPromise] = ()) -> Promise:
-        """Settle a claimed promise and release its task in one frame, if the claim is current."""
+        """Settle a claimed promise and release its task in one frame, if the claim is current.
+
+        Past its deadline the promise times out instead, and `creates` (children of a
+        run that has ended) are dropped.
+        """
         if not state.settled:
             raise ValueError("complete needs a final state")
         now = time.time() if now is None else now
         with self._locked():
             self._fenced(promise_id, counter)
-            ops = self._create_ops(creates, now)
-            ops.append([SETTLE, promise_id, state.value, value, now])
+            late = overdue(self.state.promises[promise_id], now)
+            ops = [] if late else self._create_ops(creates, now)
+            ops.append(self._settle_op(promise_id, state, value, now))
             self._commit(ops)
             return self.state.promises[promise_id]
 
@@ -202,7 +246,7 @@ class DirStore(Replica):
                     outcomes.append(stale)
                     continue
                 outcomes.append(None)
-                ops.append([SETTLE, done.id, done.state.value, done.value, now])
+                ops.append(self._settle_op(done.id, done.state, done.value, now))
             self._commit(ops)
             promises = self.state.promises
             return [out or promises[done.id] for out, done in zip(outcomes, completions, strict=True)]
@@ -249,13 +293,19 @@ class DirStore(Replica):
 
     def retry(self, promise_id: str, counter: int, *, delay: float, error: Any,
               now: float | None = None) -> None:
-        """Give a failed attempt back, to be claimed again after `delay` as the next attempt."""
+        """Give a failed attempt back, to be claimed again after `delay` as the next attempt
+        (or, past the promise's deadline, time it out: no attempt is left)."""
         now = time.time() if now is None else now
         with self._locked():
             self._fenced(promise_id, counter)
-            attempt = self.state.tasks[promise_id].attempt + 1
-            not_before = now + delay if delay > 0 else 0.0
-            self._commit([[RELEASE, promise_id, not_before, attempt, error, None, now]])
+            self._commit([self._retry_op(promise_id, delay, error, now)])
+
+    def _retry_op(self, pid: str, delay: float, error: Any, now: float, *, front: bool = False) -> list[Any]:
+        if overdue(self.state.promises[pid], now):
+            return self._timeout_op(pid)
+        not_before = now + delay if delay > 0 else 0.0
+        op = [RELEASE, pid, not_before, self.state.tasks[pid].attempt + 1, error, None, now]
+        return [*op, True] if front else op
 
     def release(self, promise_id: str, counter: int, now: float | None = None) -> None:
         """Give a claim back untouched; the next claim's counter fences this holder off."""
@@ -265,30 +315,74 @@ class DirStore(Replica):
             task = self.state.tasks[promise_id]
             self._commit([[RELEASE, promise_id, 0.0, task.attempt, task.last_error, None, now]])
 
-    def release_owner(self, owner: str | None, now: float | None = None) -> list[str]:
-        """Give back every claim of `owner` (of everyone when None): its holder is dead."""
+    def park(self, promise_id: str, counter: int, error: Any) -> None:
+        """End a claim by holding the task with `error` until unpark(): no worker claims it.
+
+        For a workflow whose replay took another path: rejecting it would destroy a
+        run that a fix to the code can finish; its settled children stay settled.
+        """
+        with self._locked():
+            self._fenced(promise_id, counter)
+            self._commit([[PARK, promise_id, error]])
+
+    def unpark(self, promise_id: str | None = None, now: float | None = None) -> list[str]:
+        """Make a parked task (every one, when None) ready again; returns the ids unparked."""
+        now = time.time() if now is None else now
+        with self._locked():
+            parked = self.state.parked if promise_id is None else self.state.parked & {promise_id}
+            ids = sorted(parked)
+            self._commit([[UNPARK, pid, now] for pid in ids])
+            return ids
+
+    def parked(self) -> list[Task]:
+        """The parked tasks, each with the error that parked it as its last error."""
+        with self._locked():
+            return [self.state.tasks[pid].frozen(pid) for pid in sorted(self.state.parked)]
+
+    def release_owner(self, owner: str | None, now: float | None = None, *, how: str | None = None,
+                      decide: Decide = retry_at_once, counted: bool = True) -> list[str]:
+        """Give back every claim of `owner` (of everyone when None): its holder is dead.
+
+        Each death is an attempt (see _death_op); `how` says how it died, for the error.
+        `counted=False` gives the claims back untouched: for holders that were stopped,
+        not killed by what they ran (the supervisor killed them itself).
+        """
         now = time.time() if now is None else now
         with self._locked():
             owners = [owner] if owner is not None else list(self.state.owned | self.state.affine)
             held = sorted(pid for who in owners for pid in self.state.owned.get(who, ()))
             if held or any(self.state.affine.get(who) for who in owners):
-                self._commit([[RELEASE_OWNER, owner, now]])
+                ops = [self._death_op(pid, how, decide, now) if counted else self._given_back_op(pid, now)
+                       for pid in held]
+                self._commit([*ops, [RELEASE_OWNER, owner, now]])  # the last clears affinity
             return held
 
-    def expire(self, now: float | None = None) -> list[str]:
-        """The backstop: release leases past their expiry and time out overdue promises."""
+    def _given_back_op(self, pid: str, now: float) -> list[Any]:
+        task = self.state.tasks[pid]
+        return [RELEASE, pid, 0.0, task.attempt, task.last_error, None, now, True]
+
+    def _death_op(self, pid: str, how: str | None, decide: Decide, now: float) -> list[Any]:
+        """The attempt its dead holder was running has ended: the next one starts at the
+        front of the queue after `decide`'s delay, or, when `decide` says so, the promise is
+        rejected with the death's error without running again."""
+        task = self.state.tasks[pid]
+        error = died_error(task.owner, task.attempt, how)
+        delay = decide(self.state.promises[pid], task.frozen(pid), error)
+        if delay is None:
+            return self._settle_op(pid, State.REJECTED, error, now)
+        return self._retry_op(pid, delay, error, now, front=True)
+
+    def expire(self, now: float | None = None, *, decide: Decide = retry_at_once) -> list[str]:
+        """The backstop: a lease past its expiry is its holder's death (an attempt, as in
+        release_owner), and overdue promises time out at their deadline. Returns each id once."""
         now = time.time() if now is None else now
         with self._locked():
-            ops: list[list[Any]] = []
-            for pid in self.state.expired_leases(now):
-                task = self.state.tasks[pid]
-                ops.append([RELEASE, pid, 0.0, task.attempt, task.last_error, None, now])
-            timed_out = self.state.timed_out(now)
-            for pid in timed_out:
-                error = {"type": "TimeoutError", "message": f"promise {pid} timed out"}
-                ops.append([SETTLE, pid, State.REJECTED_TIMEDOUT.value, error, now])
+            ops = [self._death_op(pid, "its lease expired", decide, now)
+                   for pid in self.state.expired_leases(now)]
+            done = {op[1] for op in ops if op[0] == SETTLE}
+            ops += [self._timeout_op(pid) for pid in self.state.timed_out(now) if pid not in done]
             self._commit(ops)
-            return [op[1] for op in ops]
+            return list(dict.fromkeys(op[1] for op in ops))
 
     # -- inspection -----------------------------------------------------------------
 
@@ -303,11 +397,12 @@ class DirStore(Replica):
             self.state.promote(now)
             by_state: dict[str, int] = {s.value: 0 for s in State}
             for p in self.state.promises.values():
-                by_state[p.state.value] += 1
+                by_state[self.state.seen(p, now).state.value] += 1
             tasks = self.state.tasks.values()
             return Stats(by_state, len(self.state.ready),
                          sum(t.state is TaskState.CLAIMED for t in tasks),
                          sum(t.state is TaskState.WAITING for t in tasks),
                          # Not len(self.state.delayed), a lazy heap that keeps
                          # entries of tasks settled or released since.
-                         sum(t.state is TaskState.READY and t.not_before > now for t in tasks))
+                         sum(t.state is TaskState.READY and t.not_before > now for t in tasks),
+                         len(self.state.parked))

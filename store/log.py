@@ -9,20 +9,24 @@ be a crash's torn tail (dropped) or damage (reported).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from filelock import lock_descriptor, unlock_descriptor
 
-from . import codec, faults
+from . import codec, faults, lockholder
 from .errors import CorruptStore, StoreUnavailable
 from .fsutil import create_once, io_error, open_file, sync_dir, write_all, write_replace
 
 SEGMENT_SUFFIX = ".seg"
 LOCK_POLL = 0.0003  # seconds between tries when contended; holders keep the lock < 1 ms
 MAX_HEADER = 4096  # a segment header is ~80 bytes; one read covers it
+SLOW_LOCK = 1.0  # seconds of waiting for the lock before saying who holds it
+log = logging.getLogger(__name__)
 
 
 class Unchecked:
@@ -73,11 +77,27 @@ class Log:
             yield
             return
         if not lock_descriptor(self._lock_fd, blocking=False):
-            lock_descriptor(self._lock_fd, poll_interval=LOCK_POLL)
+            self._wait_for_lock()
         try:
             yield
         finally:
             unlock_descriptor(self._lock_fd)
+
+    def holders(self) -> list[int]:
+        """Pids holding the store lock now (none on a read-only store without a lock file)."""
+        return [] if self._lock_fd is None else lockholder.lock_holders(self._lock_fd)
+
+    def _wait_for_lock(self) -> None:
+        """Wait for the lock; past a second, say once whom we wait for, rather than hang mute."""
+        assert self._lock_fd is not None, "only called with a lock file"
+        patience: float | None = time.monotonic() + SLOW_LOCK
+        while not lock_descriptor(self._lock_fd, blocking=False):
+            if patience is not None and time.monotonic() >= patience:
+                patience = None
+                holders = ", ".join(lockholder.describe(pid) for pid in self.holders())
+                log.warning("waiting for the store lock of %s, held for over %.0f s by %s",
+                            self.dir.parent, SLOW_LOCK, holders or "another process")
+            time.sleep(LOCK_POLL)
 
     # -- segments -------------------------------------------------------------
 

@@ -155,6 +155,10 @@ class Replica:
                 self._damage = CorruptStore(str(self._log.path(segment)), offset, str(exc))
                 raise self._damage from None
 
+    def lock_holders(self) -> list[int]:
+        """Pids holding the store lock now: a stopped one freezes every process."""
+        return self._log.holders()
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the store lock with a state that has caught up with every process's writes."""

@@ -5,12 +5,17 @@ same promises and tasks. Operations are plain lists (msgpack-friendly), named
 by a one-letter code; each names its ids and counters explicitly, so applying
 one never depends on the clock or on which process applies it. Only the queues
 (ready, delayed, leases, timeouts) are local views, rebuilt from the tasks.
+
+Operations keep their layouts: a field is only ever added at the end, optional,
+so a log written by older code still reads.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -23,31 +28,39 @@ _TASK_STATES = {s.value: s for s in TaskState}
 
 # op codes
 CREATE, SETTLE, CLAIM, HEARTBEAT, RELEASE, WAIT, RELEASE_OWNER = "c", "s", "k", "h", "r", "w", "o"
+# Added later: a log without them reads as before.
+PARK, UNPARK = "p", "u"
 
 
 class TaskRecord:
     """A task's mutable state inside the machine; callers only see frozen Task copies."""
 
-    __slots__ = ("affinity", "attempt", "awaiting", "claimed_at", "counter", "expires_at", "last_error",
-                 "not_before", "owner", "ready_since", "state")
+    __slots__ = ("affinity", "attempt", "awaiting", "claimed_at", "counter", "expires_at", "front",
+                 "last_error", "not_before", "owner", "ready_since", "state")
 
     def __init__(self, state: TaskState = TaskState.READY, counter: int = 0, attempt: int = 1,
                  owner: str | None = None, expires_at: float | None = None, not_before: float = 0.0,
                  awaiting: tuple[str, ...] = (), affinity: str | None = None,
-                 last_error: Any = None, ready_since: float = 0.0, claimed_at: float | None = None) -> None:
+                 last_error: Any = None, ready_since: float = 0.0, claimed_at: float | None = None,
+                 front: bool = False) -> None:
         self.state, self.counter, self.attempt = state, counter, attempt
         self.owner, self.expires_at, self.not_before = owner, expires_at, not_before
         self.awaiting, self.affinity, self.last_error = awaiting, affinity, last_error
         self.ready_since, self.claimed_at = ready_since, claimed_at
+        # Given back after its holder died: it queues at the front, so a killed branch
+        # runs again at once even behind a backlog (until it is claimed again).
+        self.front = front
 
     def to_list(self) -> list[Any]:
         return [self.state.value, self.counter, self.attempt, self.owner, self.expires_at,
                 self.not_before, list(self.awaiting), self.affinity, self.last_error, self.ready_since,
-                self.claimed_at]
+                self.claimed_at, self.front]
 
     @classmethod
     def from_list(cls, f: list[Any]) -> TaskRecord:
-        return cls(_TASK_STATES[f[0]], f[1], f[2], f[3], f[4], f[5], tuple(f[6]), f[7], f[8], f[9], f[10])
+        """A task as a snapshot holds it; snapshots older than `front` have 11 fields."""
+        return cls(_TASK_STATES[f[0]], f[1], f[2], f[3], f[4], f[5], tuple(f[6]), f[7], f[8], f[9], f[10],
+                   len(f) > 11 and f[11])
 
     def frozen(self, promise_id: str) -> Task:
         return Task(promise_id, self.state, self.counter, self.attempt, self.owner, self.expires_at,
@@ -61,6 +74,16 @@ def promise_to_list(p: Promise) -> list[Any]:
 
 def promise_from_list(f: list[Any]) -> Promise:
     return Promise(f[0], _STATES[f[1]], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10])
+
+
+def timeout_error(pid: str) -> dict[str, str]:
+    """The error of a promise that passed its deadline, whoever noticed it (a sweep, a late write, a read)."""
+    return {"type": "TimeoutError", "message": f"promise {pid} timed out"}
+
+
+def overdue(p: Promise, now: float) -> bool:
+    """Pending at or past its deadline: every state change from now on is a timeout."""
+    return p.timeout is not None and now >= p.timeout and not p.settled
 
 
 class StoreState:
@@ -81,6 +104,7 @@ class StoreState:
         self.affine: dict[str, set[str]] = {}
         self.leases: list[tuple[float, str]] = []  # (expires_at, id); checked when popped
         self.timeouts: list[tuple[float, str]] = []  # (timeout, id); checked when popped
+        self.parked: set[str] = set()  # ids of parked tasks, so finding them never scans every task
 
     # -- applying operations ------------------------------------------------
 
@@ -101,11 +125,16 @@ class StoreState:
                     heapq.heappush(self.leases, (op[2], pid))
                 task.expires_at = op[2]
         elif code == RELEASE:
-            self._release(op[1], op[2], op[3], op[4], op[5], op[6])
+            # op[7], "to the front" (after a death), came later: older logs lack it.
+            self._release(op[1], op[2], op[3], op[4], op[5], op[6], len(op) > 7 and op[7])
         elif code == WAIT:
             self._wait(op[1], tuple(op[2]), op[3])
         elif code == RELEASE_OWNER:
             self._release_owner(op[1], op[2])
+        elif code == PARK:
+            self._park(op[1], op[2])
+        elif code == UNPARK:
+            self._unpark(op[1], op[2])
         else:
             raise ValueError(f"unknown operation {code!r}")
 
@@ -130,6 +159,8 @@ class StoreState:
             assert task.owner is not None and task.expires_at is not None
             self.owned.setdefault(task.owner, set()).add(pid)
             heapq.heappush(self.leases, (task.expires_at, pid))
+        elif task.state is TaskState.PARKED:
+            self.parked.add(pid)
         else:
             for awaited in task.awaiting:
                 self.callbacks.setdefault(awaited, set()).add(pid)
@@ -140,13 +171,14 @@ class StoreState:
         if task.not_before > 0:
             heapq.heappush(self.delayed, (task.not_before, pid))
         else:
-            self.ready[pid] = None
+            self._make_ready(pid, task)
         if task.affinity is not None:
             self.affine.setdefault(task.affinity, set()).add(pid)
 
     def _unqueue(self, pid: str, task: TaskRecord) -> None:
         """Take a task out of every index; the caller gives it its new state."""
         self.ready.pop(pid, None)
+        self.parked.discard(pid)
         if task.owner is not None:
             self.owned.get(task.owner, set()).discard(pid)
             task.owner = None
@@ -157,13 +189,23 @@ class StoreState:
             self.callbacks.get(awaited, set()).discard(pid)
         task.awaiting = ()
 
+    def _make_ready(self, pid: str, task: TaskRecord) -> None:
+        self.ready[pid] = None
+        if task.front:
+            self.ready.move_to_end(pid, last=False)
+
+    def _settled(self, p: Promise, state: State, value: Any, at: float) -> Promise:
+        """The record `p` becomes when settled; its attempt is the one that ran (0: none did)."""
+        task = self.tasks.get(p.id)
+        attempt = 0 if task is None or task.counter == 0 else task.attempt
+        return replace(p, state=state, value=value, settled_at=at, attempt=attempt)
+
     def _settle(self, pid: str, state: State, value: Any, at: float) -> None:
         p = self.promises[pid]
         if p.settled:
             return
+        self.promises[pid] = self._settled(p, state, value, at)
         task = self.tasks.pop(pid, None)
-        attempt = 0 if task is None or task.counter == 0 else task.attempt
-        self.promises[pid] = replace(p, state=state, value=value, settled_at=at, attempt=attempt)
         if task is not None:
             self._unqueue(pid, task)
         for waiter in sorted(self.callbacks.pop(pid, ())):
@@ -179,16 +221,17 @@ class StoreState:
         task = self.tasks[pid]
         self._unqueue(pid, task)
         task.state, task.owner, task.counter, task.expires_at = TaskState.CLAIMED, owner, counter, expires_at
-        task.claimed_at = at
+        task.claimed_at, task.front = at, False
         self.owned.setdefault(owner, set()).add(pid)
         heapq.heappush(self.leases, (expires_at, pid))
 
     def _release(self, pid: str, not_before: float, attempt: int, error: Any,
-                 affinity: str | None, at: float) -> None:
+                 affinity: str | None, at: float, front: bool = False) -> None:
         task = self.tasks[pid]
         self._unqueue(pid, task)
         task.state, task.not_before, task.attempt = TaskState.READY, not_before, attempt
         task.last_error, task.affinity, task.ready_since, task.expires_at = error, affinity, at, None
+        task.front = front
         self._enqueue(pid, task)
 
     def _wait(self, pid: str, awaiting: tuple[str, ...], affinity: str | None) -> None:
@@ -200,6 +243,18 @@ class StoreState:
             self.callbacks.setdefault(awaited, set()).add(pid)
         if affinity is not None:
             self.affine.setdefault(affinity, set()).add(pid)
+
+    def _park(self, pid: str, error: Any) -> None:
+        """Hold a task out of every queue with its error; its claim ends here."""
+        task = self.tasks[pid]
+        self._unqueue(pid, task)
+        task.state, task.last_error, task.expires_at = TaskState.PARKED, error, None
+        self.parked.add(pid)
+
+    def _unpark(self, pid: str, at: float) -> None:
+        """Back to the ready queue as the same attempt; its error stays as its last error."""
+        task = self.tasks[pid]
+        self._release(pid, 0.0, task.attempt, task.last_error, None, at)
 
     def _release_owner(self, owner: str | None, at: float) -> None:
         owners = [owner] if owner is not None else list(self.owned)
@@ -220,23 +275,25 @@ class StoreState:
             task = self.tasks.get(pid)
             if task is not None and task.state is TaskState.READY and task.not_before == not_before:
                 task.not_before = 0.0
-                self.ready[pid] = None
+                self._make_ready(pid, task)
 
-    def claimable(self, owner: str, now: float, limit: int, grace: float) -> list[str]:
-        """Ready ids for `owner`: its own suspended workflows first, then oldest first.
+    def candidates(self, owner: str, now: float, grace: float) -> Iterator[str]:
+        """Ready ids for `owner`: its own suspended workflows first, then in queue order
+        (oldest first, but those given back after a death at the very front).
 
         A workflow woken for another worker that still has it in memory is left
         to that worker for `grace` seconds, then anyone may take it.
         """
         self.promote(now)
-        picked = sorted(pid for pid in self.affine.get(owner, ()) if pid in self.ready)[:limit]
+        yield from sorted(pid for pid in self.affine.get(owner, ()) if pid in self.ready)
         for pid in self.ready:
-            if len(picked) >= limit:
-                break
             task = self.tasks[pid]
             if task.affinity is None or (task.affinity != owner and task.ready_since + grace <= now):
-                picked.append(pid)
-        return picked
+                yield pid
+
+    def claimable(self, owner: str, now: float, limit: int, grace: float) -> list[str]:
+        """The first `limit` candidates."""
+        return list(itertools.islice(self.candidates(owner, now, grace), max(0, limit)))
 
     def expired_leases(self, now: float) -> list[str]:
         expired = []
@@ -259,12 +316,23 @@ class StoreState:
         return expired
 
     def timed_out(self, now: float) -> list[str]:
+        """Pending promises at or past their deadline (taken off the heap: time them out now)."""
         out = []
         while self.timeouts and self.timeouts[0][0] <= now:
             _, pid = heapq.heappop(self.timeouts)
             if not self.promises[pid].settled:
                 out.append(pid)
         return out
+
+    def seen(self, p: Promise, now: float) -> Promise:
+        """`p` as a reader sees it at `now`: timed out once past its deadline, swept or not.
+
+        Built exactly as the sweep's write would be (settled at the deadline), so what a
+        reader is told before the write and what is stored after it are the same.
+        """
+        if p.timeout is None or not overdue(p, now):
+            return p
+        return self._settled(p, State.REJECTED_TIMEDOUT, timeout_error(p.id), p.timeout)
 
     def descendants_pending(self, pid: str) -> list[str]:
         """Pending promises below `pid`, deepest first, found through the child index."""

@@ -33,6 +33,7 @@ class TaskState(enum.StrEnum):
     READY = "ready"  # may be claimed (once its not_before has passed)
     CLAIMED = "claimed"  # a worker holds a lease on it
     WAITING = "waiting"  # suspended until one of the promises it awaits settles
+    PARKED = "parked"  # its replay took another path: held, unclaimable, until resumed by hand
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +123,4 @@ class Stats:
     claimed: int
     waiting: int
     delayed: int
+    parked: int = 0

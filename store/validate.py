@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import codec
-from .state import CLAIM, CREATE, HEARTBEAT, RELEASE, RELEASE_OWNER, SETTLE, WAIT, StoreState
+from .state import CLAIM, CREATE, HEARTBEAT, PARK, RELEASE, RELEASE_OWNER, SETTLE, UNPARK, WAIT, StoreState
 from .types import State, TaskState
 
 
@@ -98,8 +98,9 @@ PROMISE = _record([_STR, _STATE, _STR, _kind("list", list), _OPT_STR, _kind("map
                    _NUM, _OPT_NUM, _any, _INT])
 # TaskRecord.to_list: state, counter, attempt, owner, expires_at, not_before, awaiting, affinity,
 # last_error, ready_since, claimed_at
+# (+ front, added later)
 TASK = _record([_TASK_STATE, _INT, _INT, _OPT_STR, _OPT_NUM, _NUM, _list_of(_STR), _OPT_STR, _any, _NUM,
-                _OPT_NUM])
+                _OPT_NUM], [_BOOL])
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,11 @@ OPS: dict[str, Op] = {
     SETTLE: Op((_known_promise, _FINAL, _any, _NUM)),
     CLAIM: Op((_known_task, _STR, _INT, _NUM, _NUM)),
     HEARTBEAT: Op((_STR, _NUM)),
-    RELEASE: Op((_known_task, _NUM, _INT, _any, _OPT_STR, _NUM)),
+    RELEASE: Op((_known_task, _NUM, _INT, _any, _OPT_STR, _NUM), optional=(_BOOL,)),  # + to the front
     WAIT: Op((_known_task, _list_of(_STR), _OPT_STR)),
     RELEASE_OWNER: Op((_OPT_STR, _NUM)),
+    PARK: Op((_known_task, _any)),
+    UNPARK: Op((_known_task, _NUM)),
 }
 
 
@@ -155,7 +158,8 @@ def _plain_task(f: Any) -> bool:
             and type(f[1]) is int and type(f[2]) is int and (f[3] is None or type(f[3]) is str)
             and (f[4] is None or type(f[4]) in _NUMS) and type(f[5]) in _NUMS and type(f[6]) is list
             and all(type(a) is str for a in f[6]) and (f[7] is None or type(f[7]) is str)
-            and type(f[9]) in _NUMS and (f[10] is None or type(f[10]) in _NUMS))
+            and type(f[9]) in _NUMS and (f[10] is None or type(f[10]) in _NUMS)
+            and (len(f) < 12 or type(f[11]) is bool))
 
 
 def snapshot(body: Any) -> None:

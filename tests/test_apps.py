@@ -108,6 +108,13 @@ def test_module_failing_at_import_names_the_module_and_cause(
     assert str(caught.value) == f"cannot load app module '{name}': RuntimeError: boom second line"
 
 
+def test_module_exiting_at_import_is_an_app_error(tmp_path: Path, make_module: MakeModule) -> None:
+    name = make_module("raise SystemExit(5)\n")
+    with pytest.raises(AppError) as caught:
+        load_apps([name], cwd=tmp_path)
+    assert str(caught.value) == f"cannot load app module '{name}': SystemExit: 5"
+
+
 def test_syntax_error_in_module_is_an_app_error(tmp_path: Path, make_module: MakeModule) -> None:
     name = make_module("def broken(:\n")
     with pytest.raises(AppError, match=f"'{name}': SyntaxError"):

@@ -24,11 +24,11 @@ APPS = "examples.notify,examples.approval"
 ENV = {"RUNNER_APP": APPS}
 FAST = {"email": 0.05, "sms": 0.05, "slack": 0.05, "push": 0.05}
 SUMMARY_KEYS = {"id", "state", "func", "parent", "created_at", "settled_at", "duration", "attempt"}
-DETAIL_KEYS = SUMMARY_KEYS | {"args", "tags", "timeout", "value", "error", "children", "task"}
+DETAIL_KEYS = SUMMARY_KEYS | {"args", "tags", "timeout", "value", "error", "children", "task", "parked"}
 TASK_KEYS = {"state", "attempt", "counter", "owner", "worker_pid", "expires_at", "not_before", "awaiting",
              "last_error"}
 NODE_KEYS = {"id", "state", "func", "created_at", "settled_at", "duration", "task", "attempt", "worker_pid",
-             "error", "children"}
+             "error", "children", "parked"}
 STATES = {"pending", "resolved", "rejected", "rejected_canceled", "rejected_timedout"}
 
 
@@ -150,9 +150,9 @@ def test_tree_of_a_finished_run(done_store: Path) -> None:
 
 def test_status_without_a_supervisor(done_store: Path) -> None:
     data = json_of(cli_in(done_store, "status", "--json"))
-    assert set(data) == {"store", "supervisor", "workers", "unowned_claims", "queue", "promises"}
+    assert set(data) == {"store", "supervisor", "workers", "unowned_claims", "queue", "promises", "parked"}
     assert data["supervisor"] is None and data["workers"] == [] and data["unowned_claims"] == []
-    assert data["queue"] == {"ready": 0, "claimed": 0, "waiting": 0, "delayed": 0}
+    assert data["queue"] == {"ready": 0, "claimed": 0, "waiting": 0, "delayed": 0, "parked": 0}
     assert set(data["promises"]) == STATES and data["promises"]["resolved"] == 10
     text = cli_in(done_store, "status").stdout
     assert text.startswith(f"no supervisor is running on {done_store}")
@@ -257,7 +257,9 @@ def test_reject_and_cancel_reach_the_waiting_workflow(tmp_path: Path, processes:
 
     results = {rid: finish(proc) for rid, proc in runs.items()}
     assert all(code == 1 for code, _, _ in results.values()), results
-    assert json.loads(results["rej"][1]) == {"type": "ValueError", "message": "too much"}
+    error = json.loads(results["rej"][1])  # the workflow let the rebuilt ValueError escape
+    assert error["type"] == "ValueError" and error["message"] == "too much"
+    assert error["args"] == ["too much"] and error["module"] == "builtins"
     canceled = {"type": "Canceled", "message": "canceled from the command line"}
     assert json.loads(results["child"][1]) == canceled
     assert json.loads(results["run"][1]) == {"type": "Canceled", "message": "order withdrawn"}

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from runner import WorkerDied
+from runner.registry import Registry
 from runner.retry import Retry
+from runner.store import Promise, State, Task, TaskState, open_store
+from runner.store.deaths import died_error
+from runner.supervisor import Supervisor
 
 
 class Permanent(Exception):
@@ -87,3 +94,40 @@ def test_attempt_numbers_start_at_one() -> None:
 def test_policy_is_frozen() -> None:
     with pytest.raises(AttributeError):
         Retry().attempts = 5  # type: ignore[misc]
+
+
+# -- after a death: what the supervisor tells the store ------------------------------------
+
+
+def _after_death(store_dir: Path, policy: Retry, attempt: int, last_error: object,
+                 func: str = "leaf") -> float | None:
+    registry = Registry()
+    registry.register(lambda: None, name="leaf", retry=policy)
+    store = open_store(str(store_dir))
+    try:
+        supervisor = Supervisor(store, store_dir, registry)
+        promise = Promise("p", State.PENDING, func, [], None, {}, None, 0.0)
+        task = Task("p", TaskState.CLAIMED, attempt, attempt, "w1", 30.0, 0.0, (), None, last_error, 0.0)
+        return supervisor.after_death(promise, task, died_error("w1", attempt, "killed by SIGKILL"))
+    finally:
+        store.close()
+
+
+def test_the_first_rerun_after_a_death_is_immediate(store_dir: Path) -> None:
+    assert _after_death(store_dir, Retry(attempts=5, delay=1.0), 1, None) == 0.0
+    after_an_error = {"type": "ValueError", "message": "x"}
+    assert _after_death(store_dir, Retry(attempts=5, delay=1.0), 2, after_an_error) == 0.0
+
+
+def test_a_death_after_a_death_waits_the_policys_delay(store_dir: Path) -> None:
+    died = died_error("w0", 1, None)
+    assert _after_death(store_dir, Retry(attempts=5, delay=1.0, backoff=2.0), 2, died) == 2.0
+
+
+def test_a_death_with_the_policy_spent_rejects(store_dir: Path) -> None:
+    assert _after_death(store_dir, Retry(attempts=3), 3, died_error("w0", 2, None)) is None
+    assert _after_death(store_dir, Retry(attempts=5, non_retryable=(WorkerDied,)), 1, None) is None
+
+
+def test_a_death_of_an_unknown_function_reruns_at_once_for_the_worker_to_reject(store_dir: Path) -> None:
+    assert _after_death(store_dir, Retry.none(), 1, None, func="gone") == 0.0

@@ -130,7 +130,8 @@ def test_a_second_supervisor_on_the_store_exits_3_with_one_line(ws: Workspace) -
     assert first.poll() is None and ws.supervisor()["pid"] == first.pid
 
 
-def test_replay_down_another_path_is_rejected_as_non_determinism(ws: Workspace) -> None:
+def test_replay_down_another_path_is_parked_until_a_supervisor_starts_with_fixed_code(
+        ws: Workspace) -> None:
     """The workflow's first child depends on $E2E_BRANCH; it changes across a crash and restart."""
     gate = ws.root / "gate"
     first = ws.start(workers=2, env={"E2E_BRANCH": "a"}, name="first")
@@ -142,18 +143,26 @@ def test_replay_down_another_path_is_rejected_as_non_determinism(ws: Workspace) 
 
     kill_group(first)
     gate.touch()  # the child, run again, now returns at once
-    ws.start(workers=2, env={"E2E_BRANCH": "b"}, name="second")
+    second = ws.start(workers=2, env={"E2E_BRANCH": "b"}, name="second")
     done = ws.invoke("branchy", str(gate), promise_id="nd", env={"E2E_BRANCH": "b"})
 
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
-    error = json.loads(done.stdout)
-    assert error["type"] == "NonDeterminism"
-    assert "non-determinism in nd at child 0" in error["message"]
-    assert "skip_gate" in error["message"] and "wait_for_gate" in error["message"]
+    assert done.returncode == 4, done.stderr  # parked: not rejected, and invoke does not hang
+    assert done.stdout == "" and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("runner: error: run nd is parked: non-determinism in nd at child 0")
+    assert "skip_gate" in done.stderr and "wait_for_gate" in done.stderr
+    assert "'runner promises retry nd'" in done.stderr
+    assert ws.get("nd").state == "pending"
     # Nothing of the other path was recorded or run: the recorded child is the only one.
     children = ws.store.children("nd")
     assert [(c.id, c.func, c.value) for c in children] == [("nd.0", "wait_for_gate", "opened")]
+
+    # The code is fixed (the branch is "a" again): the next supervisor resumes it at its start.
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=20) == 0, ws.stderr("second")
+    ws.start(workers=2, env={"E2E_BRANCH": "a"}, name="third", extra=("--log-level", "info"))
+    assert result_of(ws.invoke("branchy", str(gate), promise_id="nd", env={"E2E_BRANCH": "a"})) == "opened"
+    assert "resumed 1 parked workflows: nd" in ws.stderr("third")
+    assert [c.id for c in ws.store.children("nd")] == ["nd.0"]
 
 
 @pytest.mark.parametrize("signals", [1, 2])

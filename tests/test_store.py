@@ -86,7 +86,7 @@ def test_create_returns_a_pending_record(s: DirStore) -> None:
     assert (p.id, p.state, p.func, p.args, p.tags, p.timeout) == ("a", State.PENDING, "send", [1, "x"],
                                                                   {"k": "v"}, 50.0)
     assert p.created_at == 10.0 and p.settled_at is None and p.value is None and p.parent is None
-    assert s.get("a") == p
+    assert s.get("a", now=10.0) == p
     task = s.task("a")
     assert task is not None and task.state is TaskState.READY and task.counter == 0 and task.attempt == 1
 
@@ -413,11 +413,11 @@ def test_expire_times_out_pending_promises(s: DirStore) -> None:
     assert s.expire(now=99.0) == []
     assert sorted(s.expire(now=101.0)) == ["a", "d"]
     for pid in ("a", "d"):
-        p = s.get(pid)
-        assert p.state is State.REJECTED_TIMEDOUT and p.settled_at == 101.0
+        p = s.get(pid, now=101.0)
+        assert p.state is State.REJECTED_TIMEDOUT and p.settled_at == 100.0  # at the deadline, not at 101
         assert p.value["type"] == "TimeoutError"
         assert s.task(pid) is None
-    assert s.get("b").state is State.RESOLVED and s.get("c").state is State.PENDING
+    assert s.get("b").state is State.RESOLVED and s.get("c", now=101.0).state is State.PENDING
     with pytest.raises(StaleClaim):
         s.complete("a", c.counter, State.RESOLVED, "too late", now=102.0)
     assert s.expire(now=150.0) == []

@@ -561,6 +561,19 @@ def test_segment_symlinked_to_an_unrelated_file_is_refused_and_the_file_untouche
     same()
 
 
+@pytest.mark.parametrize("name", ["FORMAT", "snapshot"])
+def test_format_or_snapshot_symlinked_elsewhere_is_refused(store_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    _compacted(store_dir, monkeypatch)
+    victim = tmp_path / "copy"
+    shutil.copy(store_dir / name, victim)  # even a faithful copy: the store reads only its own files
+    plant(store_dir / name, victim, None)
+    same = unchanged(store_dir, victim)
+    line = cli_refuses(store_dir)
+    assert str(store_dir / name) in line and "symbolic link" in line
+    same()
+
+
 @pytest.mark.parametrize("name", ["lock", "supervisor.lock"])
 @pytest.mark.parametrize("dangling", [False, True])
 def test_lock_symlinks_are_refused_and_their_targets_untouched(

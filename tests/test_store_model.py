@@ -32,7 +32,9 @@ from runner.store import (
     TaskState,
     open_store,
 )
+from runner.store.deaths import died_error
 from runner.store.directory import AFFINITY_GRACE
+from runner.store.state import timeout_error
 
 IDS = ["a", "b", "c", "a.0", "a.1", "b.0", "a.0.0", "a.0.1"]
 OWNERS = ["w1", "w2"]
@@ -47,6 +49,8 @@ picks = st.integers(0, 9)  # below 8: act on a claimed task (when there is one),
 small_values = st.none() | st.integers(-3, 3) | st.text(max_size=3) | st.lists(st.integers(0, 3), max_size=2)
 leases = st.sampled_from([1.0, 2.5, 10.0])
 steps = st.sampled_from([0.0, 0.25, 1.0, 3.0])
+deadlines = st.none() | st.sampled_from([0.0, 0.5, 2.0, 20.0])  # from now; 0.0: due at once
+outcomes = st.sampled_from([0.0, 0.0, 2.0, None])  # what a death's `decide` answers: None rejects
 
 
 def parent_of(pid: str) -> str | None:
@@ -91,17 +95,55 @@ class StoreModel(RuleBasedStateMachine):
         if runnable:
             self.tasks[pid] = MTask(ready_since=self.now)
 
+    def _settled(self, p: Promise, state: State, value: Any, at: float) -> Promise:
+        task = self.tasks.get(p.id)
+        attempt = task.attempt if task is not None and task.counter > 0 else 0  # the attempt that ran
+        return replace(p, state=state, value=value, settled_at=at, attempt=attempt)
+
+    def _overdue(self, pid: str) -> bool:
+        p = self.promises[pid]
+        return not p.settled and p.timeout is not None and self.now >= p.timeout
+
+    def _seen(self, p: Promise) -> Promise:
+        """What a read at `now` shows: an overdue promise timed out at its deadline, swept or not."""
+        if self._overdue(p.id):
+            assert p.timeout is not None
+            return self._settled(p, State.REJECTED_TIMEDOUT, timeout_error(p.id), p.timeout)
+        return p
+
     def _settle(self, pid: str, state: State, value: Any) -> None:
+        """Settle as a write at `now` does: past the deadline it times out, at the deadline."""
         p = self.promises[pid]
         if p.settled:
             return
-        task = self.tasks.pop(pid, None)
-        attempt = task.attempt if task is not None and task.counter > 0 else 0  # the attempt that ran
-        self.promises[pid] = replace(p, state=state, value=value, settled_at=self.now, attempt=attempt)
+        at = self.now
+        if self._overdue(pid):
+            event("a late write timed out")
+            assert p.timeout is not None
+            state, value, at = State.REJECTED_TIMEDOUT, timeout_error(pid), p.timeout
+        self.promises[pid] = self._settled(p, state, value, at)
+        self.tasks.pop(pid, None)
         for t in self.tasks.values():
             if t.state is TaskState.WAITING and pid in t.awaiting:  # woken once: awaiting is cleared
                 event("a settle woke a waiting task")
-                t.state, t.awaiting, t.not_before, t.ready_since = TaskState.READY, (), 0.0, self.now
+                t.state, t.awaiting, t.not_before, t.ready_since = TaskState.READY, (), 0.0, at
+
+    def _time_out_due(self) -> list[str]:
+        due = [pid for pid in self.promises if self._overdue(pid)]
+        for pid in due:
+            self._settle(pid, State.REJECTED_TIMEDOUT, None)
+        return due
+
+    def _died(self, pid: str, how: str | None, outcome: float | None) -> None:
+        """A dead holder's attempt ends: the next one after `outcome` seconds, or rejected."""
+        t = self.tasks[pid]
+        error = died_error(t.owner, t.attempt, how)
+        if outcome is None or self._overdue(pid):
+            event(f"a death: {'rejected' if outcome is None else 'overdue'}")
+            self._settle(pid, State.REJECTED, error)
+            return
+        self._to_ready(pid, not_before=self.now + outcome if outcome > 0 else 0.0, attempt=t.attempt + 1,
+                       error=error, keep_error=False)
 
     def _descendants(self, pid: str) -> list[str]:
         out, stack = [], [pid]
@@ -147,16 +189,17 @@ class StoreModel(RuleBasedStateMachine):
 
     # -- rules -----------------------------------------------------------------------
 
-    @initialize(roots=st.lists(ids, min_size=1, max_size=4, unique=True), owner=owners)
-    def start(self, roots: list[str], owner: str) -> None:
+    @initialize(roots=st.lists(ids, min_size=1, max_size=4, unique=True), owner=owners, deadline=deadlines)
+    def start(self, roots: list[str], owner: str, deadline: float | None) -> None:
         """Begin with runnable work, some of it claimed: most rules need a claim to act on."""
-        self.handles[0].create([self._new(pid) for pid in roots], now=self.now)
+        timeout = None if deadline is None else self.now + deadline
+        self.handles[0].create([replace(self._new(pid), timeout=timeout) for pid in roots], now=self.now)
         for pid in roots:
-            self._create(pid, "k", [], None, True)
+            self._create(pid, "k", [], timeout, True)
         self.claim(1, owner, 2, 10.0)
 
     @rule(h=handles, batch=st.lists(st.tuples(ids, st.sampled_from(["f", "g"]), st.integers(0, 3),
-                                              st.booleans(), st.none() | st.sampled_from([0.5, 2.0, 20.0])),
+                                              st.booleans(), deadlines),
                                     min_size=1, max_size=3))
     def create(self, h: int, batch: list[tuple[str, str, int, bool, float | None]]) -> None:
         news = [NewPromise(pid, func, [arg], parent_of(pid), {}, None if t is None else self.now + t,
@@ -190,10 +233,14 @@ class StoreModel(RuleBasedStateMachine):
     @rule(h=handles, owner=owners, limit=st.integers(1, 3), lease=leases)
     def claim(self, h: int, owner: str, limit: int, lease: float) -> None:
         store = self.handles[h]
-        claimable = self._claimable(owner)
         store.refresh()
-        assert store.has_ready(owner, now=self.now) == bool(claimable)
+        assert store.has_ready(owner, now=self.now) == bool(self._claimable(owner))
         claims = store.claim(owner, now=self.now, limit=limit, lease=lease)
+        # A claim times out everything overdue in its frame and never hands it out; what
+        # those timeouts wake is not claimable before the next claim.
+        claimable = [pid for pid in self._claimable(owner) if not self._overdue(pid)]
+        if self._time_out_due():
+            event("a claim timed out overdue promises")
         got = [c.id for c in claims]
         assert len(got) == len(set(got)) == min(limit, len(claimable)), (got, claimable)
         assert set(got) <= set(claimable), (got, claimable)
@@ -231,8 +278,9 @@ class StoreModel(RuleBasedStateMachine):
                 self.handles[h].complete(pid, counter, state, value, now=self.now, creates=news)
             return
         got = self.handles[h].complete(pid, counter, state, value, now=self.now, creates=news)
-        for n in news:
-            self._create(n.id, n.func, n.args, None, True)
+        if not self._overdue(pid):  # a run that ended at its deadline creates no children
+            for n in news:
+                self._create(n.id, n.func, n.args, None, True)
         self._settle(pid, state, value)
         assert got == self.promises[pid]
 
@@ -276,35 +324,39 @@ class StoreModel(RuleBasedStateMachine):
                 self.handles[h].retry(pid, counter, delay=delay, error=error, now=self.now)
             return
         self.handles[h].retry(pid, counter, delay=delay, error=error, now=self.now)
+        if self._overdue(pid):
+            self._settle(pid, State.REJECTED_TIMEDOUT, None)
+            return
         t = self.tasks[pid]
         self._to_ready(pid, not_before=self.now + delay if delay > 0 else 0.0, attempt=t.attempt + 1,
                        error=error, keep_error=False)
 
-    @rule(h=handles, owner=st.none() | owners)
-    def release_owner(self, h: int, owner: str | None) -> None:
+    @rule(h=handles, owner=st.none() | owners, outcome=outcomes, counted=st.sampled_from([True, True, False]))
+    def release_owner(self, h: int, owner: str | None, outcome: float | None, counted: bool) -> None:
         held = sorted(pid for pid, t in self.tasks.items()
                       if t.state is TaskState.CLAIMED and (owner is None or t.owner == owner))
-        assert sorted(self.handles[h].release_owner(owner, now=self.now)) == held
+        got = self.handles[h].release_owner(owner, now=self.now, how="killed by SIGKILL",
+                                            decide=lambda *_: outcome, counted=counted)
+        assert sorted(got) == held
         for pid in held:
-            self._to_ready(pid)
+            if counted:
+                self._died(pid, "killed by SIGKILL", outcome)
+            else:
+                self._to_ready(pid)
         for t in self.tasks.values():  # workflows the dead owner had in memory go to anyone
             if t.affinity is not None and owner in (None, t.affinity):  # waiting or woken
                 t.affinity = None
 
-    @rule(h=handles, step=steps)
-    def expire(self, h: int, step: float) -> None:
+    @rule(h=handles, step=steps, outcome=outcomes)
+    def expire(self, h: int, step: float, outcome: float | None) -> None:
         self.now += step
-        got = self.handles[h].expire(now=self.now)
+        got = self.handles[h].expire(now=self.now, decide=lambda *_: outcome)
         expired = [pid for pid, t in self.tasks.items()
                    if t.state is TaskState.CLAIMED and t.expires_at is not None and t.expires_at <= self.now]
         for pid in expired:
-            self._to_ready(pid)
-        timed_out = [pid for pid, p in self.promises.items()
-                     if not p.settled and p.timeout is not None and p.timeout <= self.now]
-        for pid in timed_out:
-            self._settle(pid, State.REJECTED_TIMEDOUT,
-                         {"type": "TimeoutError", "message": f"promise {pid} timed out"})
-        assert Counter(got) == Counter(expired + timed_out), (got, expired, timed_out)
+            self._died(pid, "its lease expired", outcome)
+        timed_out = self._time_out_due()
+        assert len(got) == len(set(got)) and set(got) == set(expired + timed_out), (got, expired, timed_out)
         event(f"expire: leases {bool(expired)}, timeouts {bool(timed_out)}")
 
     @rule(step=steps)
@@ -359,9 +411,11 @@ class StoreModel(RuleBasedStateMachine):
     @invariant()
     def agrees_with_the_model(self) -> None:
         for store in self.handles:
-            assert store.search(limit=1000).items == list(self.promises.values())
+            seen = [self._seen(p) for p in self.promises.values()]
+            assert store.search(limit=1000, now=self.now).items == seen
             for pid in dict.fromkeys([*IDS, *self.promises]):
-                assert store.get(pid) == self.promises.get(pid)
+                want_p = self.promises.get(pid)
+                assert store.get(pid, now=self.now) == (None if want_p is None else self._seen(want_p))
                 got, want = store.task(pid), self.tasks.get(pid)
                 if want is None:
                     assert got is None, pid
@@ -374,7 +428,7 @@ class StoreModel(RuleBasedStateMachine):
             claimed = {pid for pid, t in self.tasks.items() if t.state is TaskState.CLAIMED}
             assert {t.id for t in store.claims()} == claimed
             stats = store.stats(now=self.now)
-            by_state = Counter(p.state.value for p in self.promises.values())
+            by_state = Counter(p.state.value for p in seen)
             assert stats.by_state == {s.value: by_state[s.value] for s in State}
             ready = [t for t in self.tasks.values() if t.state is TaskState.READY]
             assert (stats.claimed, stats.waiting, stats.ready, stats.delayed) == (
