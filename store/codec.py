@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import operator
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -73,9 +74,27 @@ def unpack(data: bytes, depth: int | None = FRAME_DEPTH) -> Any:
         value = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook)
     except Exception as exc:  # msgpack raises many kinds: bad UTF-8, a list as a key, extra data
         raise Undecodable(f"undecodable value ({type(exc).__name__}: {exc})") from None
-    if depth is not None:
+    if depth is not None and (_containers_at_most(data) > depth or _TIMESTAMPS.search(data)):
         check_nested(value, depth)
     return value
+
+
+# Container headers in msgpack: fixmap, fixarray, array 16/32, map 16/32. Every other byte
+# value is deleted to count them; stray ones inside strings only make the count larger.
+_NOT_CONTAINER = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
+# msgpack reads any extension of type -1 holding 4, 8 or 12 bytes as a Timestamp, in each
+# of the ext encodings: fixext 4/8, ext 8, ext 16, ext 32.
+_TIMESTAMPS = re.compile(rb"[\xd6\xd7]\xff|\xc7[\x04\x08\x0c]\xff|\xc8\x00[\x04\x08\x0c]\xff"
+                         rb"|\xc9\x00\x00\x00[\x04\x08\x0c]\xff")
+
+
+def _containers_at_most(data: bytes) -> int:
+    """An upper bound on the containers in `data`, and so on its nesting: a fast pre-check.
+
+    Most frames are a few hundred bytes with a handful of containers; the exact walk
+    would cost a write more than its checksum does.
+    """
+    return len(data.translate(None, _NOT_CONTAINER))
 
 
 def check_nested(value: Any, limit: int) -> None:

@@ -659,6 +659,8 @@ BAD_PAYLOADS = {
     "nested past the limit": b"\x91" * (codec.FRAME_DEPTH + 1) + b"\xc0",
     "unknown extension": msgpack.packb([["s", "p0", "resolved", msgpack.ExtType(7, b"x"), NOW]]),
     "msgpack timestamp": msgpack.packb([["s", "p0", "resolved", msgpack.Timestamp(1, 0), NOW]]),
+    "msgpack timestamp as ext 16": b"\x91\x95" + b"".join(map(msgpack.packb, ["s", "p0", "resolved"]))
+    + b"\xc8\x00\x0c\xff" + bytes(12) + msgpack.packb(NOW),
     "payload not a list": msgpack.packb({"s": 1}),
     "op not a list": msgpack.packb(["s"]),
     "unknown op": msgpack.packb([["z", "p0"]]),
