@@ -47,9 +47,12 @@ class SupervisorPresence:
     def publish(self, info: dict[str, Any]) -> None:
         """Describe the running supervisor for `runner status`."""
         assert self._fd is not None, "not the supervisor"
-        data = codec.pack(info)
-        os.ftruncate(self._fd, 0)
+        # A checksummed frame, written over the old one and only then cut to size: a
+        # reader at any moment finds the old or the new description whole, never an
+        # empty file (which truncating first would show it, for as long as we were preempted).
+        data = codec.frame(codec.pack(info))
         os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
 
     def describe(self) -> dict[str, Any] | None:
         """The running supervisor's description, or None when no supervisor runs."""
@@ -69,9 +72,10 @@ class SupervisorPresence:
 
     @staticmethod
     def _read(fd: int) -> dict[str, Any]:
+        found = codec.read_frame(os.pread(fd, 1 << 20, 0), 0)  # the first frame; an old tail after it
         try:
-            info = codec.unpack(os.pread(fd, 1 << 20, 0))
-        except Exception:  # caught mid-publish: an empty description beats a wrong one
+            info = None if found is None else codec.unpack(found[0])
+        except codec.Undecodable:  # an empty description beats a wrong one
             info = None
         return info if isinstance(info, dict) else {}
 
