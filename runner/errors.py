@@ -194,3 +194,20 @@ class Parked(RunnerError):
                          "resumes it (so does the next supervisor to start)")
         self.promise_id = root
         self.parked_id = parked_id
+
+
+class NoSupervisor(RunnerError):
+    """A client waits for a run on a store that no supervisor serves: nothing would settle it.
+
+    Start one (`runner start --store DIR`, or `with runner.LocalSupervisor(DIR)`) and wait
+    again; the run is kept on disk.
+    """
+
+    def __init__(self, promise_id: str, store: str) -> None:
+        super().__init__(f"no supervisor is running on {store}, so run {promise_id} cannot progress: start "
+                         f"one ('runner start --store {store}', or runner.LocalSupervisor) and wait again")
+        self.promise_id = promise_id
+
+
+class SupervisorFailed(RunnerError):
+    """A local supervisor did not come up (it exited, or its workers were not all forked in time)."""

@@ -18,6 +18,7 @@ from .errors import (
     StoreIOError,
     StoreUnavailable,
 )
+from .history import Execution, History, open_history
 from .interface import PromiseStore
 from .types import MAX_ID_BYTES, Claim, Completion, NewPromise, Page, Promise, State, Stats, Task, TaskState
 
@@ -27,9 +28,11 @@ def open_store(path: str, **options: float) -> DirStore:
 
 
 __all__ = [
-    "DEFAULT_LEASE", "MAX_ID_BYTES", "Claim", "Completion", "CorruptStore", "DirStore", "InvalidId",
+    "DEFAULT_LEASE", "MAX_ID_BYTES", "Claim", "Completion", "CorruptStore", "DirStore", "Execution",
+    "History", "InvalidId",
     "NewPromise",
     "NotFound", "NotSerializable", "Page", "Promise", "PromiseStore", "StaleClaim", "State", "Stats",
     "StoreError", "StoreFormatError", "StoreFull", "StoreIOError", "StoreUnavailable", "Task",
-    "TaskState", "check_id", "normalize", "normalize_packed", "open_store", "pack",
+    "TaskState", "check_id", "normalize", "normalize_packed", "open_history", "open_store",
+    "pack",
 ]

@@ -148,12 +148,16 @@ class Replica:
             try:
                 for op in validate.frame_ops(codec.unpack(payload)):
                     validate.operation(op, self.state)
-                    self.state.apply(op)
+                    self._apply(op)
             except APPLY_ERRORS as exc:
                 # Part of the frame may be applied, and the cursor is past it: this
                 # handle's state is no longer the log's, so it serves nothing more.
                 self._damage = CorruptStore(str(self._log.path(segment)), offset, str(exc))
                 raise self._damage from None
+
+    def _apply(self, op: list[Any]) -> None:
+        """Apply one operation another process wrote (a follower of the log hooks in here)."""
+        self.state.apply(op)
 
     def lock_holders(self) -> list[int]:
         """Pids holding the store lock now: a stopped one freezes every process."""
