@@ -215,11 +215,14 @@ class LocalSupervisor:
         wait_gone({p for p in self._seen if p[0] in victims})
         return victims
 
-    def kill_when_running(self, target: str | Callable[..., Any], *, whole: bool = False,
-                          timeout: float = 10.0) -> Execution:
-        """Wait until `target` (a promise id, or a function: whichever of its claims runs first) is
-        being run, then SIGKILL the worker running it (with `whole`, the supervisor and all of
-        its workers). Returns the execution that was killed.
+    def kill_when_running(self, target: str | Callable[..., Any], *, after: float = 0.0,
+                          whole: bool = False, timeout: float = 10.0) -> Execution:
+        """Wait until `target` (a promise id, or a function: whichever of its claims runs first) has
+        been running for `after` seconds, then SIGKILL the worker running it (with `whole`,
+        the supervisor and all of its workers). Returns the execution that was killed.
+
+        A worker runs several branches at once: whatever else it runs dies with it, and
+        runs again. `after` lets the short ones finish first.
 
         The claim is read from the store's log, so even a short one is seen; one that ended
         before the kill could land is a CrashTestError saying so (make the function slower).
@@ -233,6 +236,7 @@ class LocalSupervisor:
                 runs = [e for e in history.executions() if _matches(e, target)]
                 running = next((e for e in runs if e.outcome == "running"), None)
                 if running is not None:
+                    time.sleep(max(0.0, running.started + after - time.time()))  # the instant asked for
                     return self._kill_holder(running, whole)
                 missed = next((e for e in runs if (e.promise_id, e.counter) not in known), None)
                 if missed is not None:
