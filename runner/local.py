@@ -243,8 +243,10 @@ class LocalSupervisor:
                     raise _too_quick(missed)
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise CrashTestError(f"{_name(target)} was not run within {timeout:g} s "
-                                         f"(supervisor log: {self.log_tail(3)})")
+                    ended = f" (it had run {len(runs)} times before, each ended: " \
+                            f"{', '.join(e.outcome for e in runs)})" if runs else ""
+                    raise CrashTestError(f"{_name(target)} was not running within {timeout:g} s{ended}; "
+                                         f"supervisor log: {self.log_tail(3)}")
                 watch.wait(min(left, 1.0))
         finally:
             watch.close()
