@@ -33,11 +33,14 @@ from runner.store import DirStore, Execution, History, open_history, open_store
 from .errors import RunnerError, SupervisorFailed
 from .owners import owner_id
 from .registry import registry
-from .worker import die_with_parent
 
 READY_TIMEOUT = 30.0  # seconds for `runner start` to import the app and fork every worker
 LOOK = 0.005  # seconds between looks at what the starting supervisor has published
 Proc = tuple[int, float]  # (pid, start time): a process, even after its pid is reused
+# `runner start` that dies with the process starting it (argv[1] is that one's pid).
+_DIE_WITH_US = ("import runpy, sys; from runner.worker import die_with_parent; "
+                "die_with_parent(int(sys.argv.pop(1))); sys.argv[0] = 'runner'; "
+                "runpy.run_module('runner', run_name='__main__', alter_sys=True)")
 
 
 class CrashTestError(RunnerError, AssertionError):
@@ -70,18 +73,18 @@ class LocalSupervisor:
         """Start `runner start` and return once it has published all of its workers."""
         if self.running:
             raise SupervisorFailed(f"the local supervisor {self.pid} is already running")
-        argv = [sys.executable, "-m", "runner", "start", "--store", str(self.store_dir),
+        # It asks for the parent-death signal itself, first thing (see _DIE_WITH_US): a
+        # preexec_fn would run between fork and exec, unsafe once this process has threads.
+        argv = [sys.executable, "-c", _DIE_WITH_US, str(os.getpid()), "start", "--store", str(self.store_dir),
                 "--workers", str(self.size), "--concurrency", str(self.concurrency), "--log-level", "info"]
         if self.lease is not None:
             argv += ["--lease", f"{self.lease}s"]
         for app in self.apps:
             argv += ["--app", app]
-        starter = os.getpid()
         with self.log.open("ab") as out:
             # A session of its own, so one group kill takes it and its workers and nothing else.
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         cwd=self.cwd, env=self._environment(), start_new_session=True,
-                                         preexec_fn=lambda: die_with_parent(starter))
+                                         cwd=self.cwd, env=self._environment(), start_new_session=True)
         self._remember(self.proc.pid)
         try:
             self._wait_ready()
@@ -128,11 +131,17 @@ class LocalSupervisor:
         """
         if self.proc is None:
             return
-        with contextlib.suppress(OSError):
-            for pid in self.workers:  # the latest ones, restarts included
-                self._remember(pid)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.returncode is None:  # not reaped: its pid, the group's id, is still ours
+            with contextlib.suppress(OSError):
+                for pid in (self.store.supervisor() or {}).get("workers") or ():
+                    self._remember(int(pid))  # the latest ones, restarts included
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        else:  # reaped already: the group's id may be anyone's now, so each process by its start time
+            for proc in self._seen:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if not gone(proc):
+                        psutil.Process(proc[0]).kill()
         self.proc.wait()
         self.proc = None
         wait_gone(self._seen)
