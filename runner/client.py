@@ -33,6 +33,7 @@ from .error_values import error_value, raise_error
 from .errors import NoSupervisor
 from .history import RunHistory, in_run
 from .invoke import submit
+from .parked import parked_in_run
 from .registry import registry
 from .wakeups import Wakeups
 
@@ -127,9 +128,13 @@ class Client:
 
     # -- for handles ----------------------------------------------------------------------
 
-    def _check_served(self, promise_id: str) -> None:
+    def _check_waitable(self, promise_id: str) -> None:
+        """Refuse a wait nothing can end: no supervisor serves the store, or a workflow in the
+        run is parked (its replay took another path; it waits for a fix to the code)."""
         if self.store.supervisor() is None:
             raise NoSupervisor(promise_id, str(self.store_dir))
+        if (parked := parked_in_run(self.store, promise_id)) is not None:
+            raise parked
 
     def _settled(self, promise_id: str) -> Promise:
         promise = self.store.get(promise_id)
@@ -161,8 +166,9 @@ class RunHandle:
         """Block until the run settles; its value, or its error raised as a workflow would see it
         (runner.Canceled, runner.TimedOut, the original exception, runner.ChildFailed).
 
-        Raises TimeoutError when `timeout` seconds pass first (the run goes on), and
-        NoSupervisor when no supervisor serves the store as the wait begins.
+        Raises TimeoutError when `timeout` seconds pass first (the run goes on); as the wait
+        begins, NoSupervisor when no supervisor serves the store, and runner.errors.Parked
+        when a workflow in the run is parked.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -170,7 +176,7 @@ class RunHandle:
             remove = self.client._wakeups.add(self.id, woken.set)
             try:
                 if not woken.is_set():
-                    self.client._check_served(self.id)
+                    self.client._check_waitable(self.id)
                 if not woken.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
                     raise TimeoutError(f"run {self.id} is still pending after {timeout:g} s")
             finally:
@@ -199,7 +205,7 @@ class RunHandle:
         try:
             await asyncio.sleep(0)  # let a wake-up from add() land before asking who serves
             if not woken.done():
-                await asyncio.to_thread(self.client._check_served, self.id)
+                await asyncio.to_thread(self.client._check_waitable, self.id)
             await asyncio.wait_for(woken, remaining)
         except TimeoutError:
             raise TimeoutError(f"run {self.id} is still pending after {timeout:g} s") from None

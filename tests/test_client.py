@@ -13,8 +13,9 @@ import pytest
 
 import runner
 from examples.approval import approval_flow
+from runner.errors import Parked
 from runner.store import NotFound, State
-from tests.apps.e2e import echo, nap, raise_key
+from tests.apps.e2e import drifting, echo, nap, raise_key
 from tests.e2e_support import APPS
 from tests.helpers import REPO_ROOT, wait_until
 
@@ -165,3 +166,16 @@ def test_local_supervisor_leaves_nothing_when_its_body_raises(tmp_path: Path) ->
         raise RuntimeError("boom")
     assert all(runner.local.gone(p) for p in seen)
     assert not supervisor.running
+
+
+def test_waiting_for_a_run_with_a_parked_workflow_says_so(tmp_path: Path) -> None:
+    store, flag, trace = tmp_path / "store", tmp_path / "flag", tmp_path / "trace.jsonl"
+    with local(store) as supervisor, runner.Client(store, APP_LIST, cwd=REPO_ROOT) as client:
+        handle = client.start(drifting, str(flag), str(trace))
+        wait_until(lambda: client.store.get(f"{handle.id}.1") is not None, timeout=20)
+        flag.touch()  # its replay now takes another path...
+        supervisor.kill_workers()  # ...and replays: the worker that had it in memory is gone
+        client.resolve(f"{handle.id}.1", "ok")
+        wait_until(lambda: client.store.parked(), timeout=20)
+        with pytest.raises(Parked, match="is parked"):
+            handle.result(timeout=10)
