@@ -23,7 +23,7 @@ from .types import MAX_ID_BYTES
 
 FORMAT_NAME = "fanout-runner-store"
 FORMAT_VERSION = 1
-_KNOWN = {"FORMAT", "lock", "snapshot", "log", "supervisor.lock", "outbox.jsonl"}
+_KNOWN = {"FORMAT", "lock", "snapshot", "log", "supervisor.lock"}
 
 
 def leftover_temp(name: str, stem: str) -> bool:
