@@ -32,7 +32,7 @@ class Wakeups:
         self._waiting: dict[str, dict[int, Wake]] = {}
         self._next = 0
         self._thread: threading.Thread | None = None
-        self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stop: tuple[int, int] | None = None  # a pipe that wakes the thread to end it
         self._closed = False
 
     def add(self, promise_id: str, wake: Wake) -> Callable[[], None]:
@@ -46,8 +46,10 @@ class Wakeups:
                 raise RuntimeError("the client is closed")
             key, self._next = self._next, self._next + 1
             self._waiting.setdefault(promise_id, {})[key] = wake
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="runner-wakeups", daemon=True)
+            if self._thread is None:  # a client that never waits (`runner invoke`) has none
+                self._stop = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                self._thread = threading.Thread(target=self._run, args=(self._stop[0],),
+                                                name="runner-wakeups", daemon=True)
                 self._thread.start()
 
         def remove() -> None:
@@ -68,12 +70,12 @@ class Wakeups:
         for wake in wakes:
             wake()
 
-    def _run(self) -> None:
+    def _run(self, stop: int) -> None:
         watch = self._store.watch()
         try:
             while True:
-                ready, _, _ = select.select([watch.fileno(), self._stop_r], [], [], BACKSTOP)
-                if self._stop_r in ready:
+                ready, _, _ = select.select([watch.fileno(), stop], [], [], BACKSTOP)
+                if stop in ready:
                     return
                 if watch.fileno() in ready:
                     watch.drain()
@@ -106,13 +108,13 @@ class Wakeups:
             if self._closed:
                 return
             self._closed = True
-            thread = self._thread
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._stop_w, b"x")
-        if thread is not None:
+            thread, stop = self._thread, self._stop
+        if thread is not None and stop is not None:
+            with contextlib.suppress(BlockingIOError):
+                os.write(stop[1], b"x")
             thread.join()
+            for fd in stop:
+                os.close(fd)
         with self._lock:
             ids = list(self._waiting)
         self._fire(ids)
-        os.close(self._stop_r)
-        os.close(self._stop_w)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-import uuid
 
 import click
 
 from runner.store import DEFAULT_LEASE, Promise, State
 
+from ..client import Client
 from ..errors import SupervisorRunning
-from ..invoke import submit, wait
+from ..invoke import wait
 from ..supervisor import Supervisor
 from . import progress
 from .durations import Duration
@@ -67,24 +67,23 @@ def invoke(env: Env, func: str, args: tuple[str, ...], promise_id: str | None, w
       runner invoke notify_all --id order-42 --arg '{"order_id": "o-42"}'
     """
     values = [parse_json(text, f"--arg #{i}") for i, text in enumerate(args, 1)]
-    store, reg = env.open()
-    root = promise_id if promise_id is not None else f"{func}-{uuid.uuid4().hex[:12]}"
+    client = Client(env.store_dir, env.apps)
     started = time.monotonic()
-    deadline = None if timeout is None else time.time() + timeout  # children inherit it
-    promise = submit(store, reg, func, values, root, timeout=deadline)
+    handle = client.start(func, *values, id=promise_id, timeout=timeout)  # children inherit its deadline
     if no_wait:
-        click.echo(to_json({"id": promise.id, "state": promise.state.value}) if as_json else promise.id)
+        click.echo(to_json({"id": handle.id, "state": handle.state.value}) if as_json else handle.id)
         return
     # Live progress only for a person at a terminal; pipes and --json get the plain result.
-    with progress.for_invoke(store, promise.id, enabled=not as_json and sys.stdout.isatty()) as view:
+    with progress.for_invoke(client.store, handle.id, enabled=not as_json and sys.stdout.isatty()) as view:
 
         def settled(done: Promise) -> None:  # shown before an embedded supervisor drains
             view.finish()
             show_result(done, time.monotonic() - started, as_json)
             sys.stdout.flush()
 
-        promise = wait(store, env.store_dir, reg, promise.id, workers=workers, concurrency=concurrency,
-                       on_change=view.update, on_settled=settled)
+        # Unlike a client's own wait, invoke supervises the store itself when nobody does.
+        promise = wait(client.store, env.store_dir, client.registry, handle.id, workers=workers,
+                       concurrency=concurrency, on_change=view.update, on_settled=settled)
     sys.exit(0 if promise.state is State.RESOLVED else EXIT_REJECTED)
 
 
