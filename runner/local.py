@@ -62,7 +62,9 @@ class LocalSupervisor:
         self.env = dict(env) if env is not None else None
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = Path(tempfile.mkstemp(prefix="runner-supervisor-", suffix=".log")[1])
+        fd, log = tempfile.mkstemp(prefix="runner-supervisor-", suffix=".log")  # its output, for errors
+        os.close(fd)
+        self.log = Path(log)
         self._seen: set[Proc] = set()  # every process of ours so far, to check gone at the end
         self._store: DirStore | None = None
         self._history: History | None = None
