@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
 from pathlib import Path
 
-from .errors import StoreFull, StoreIOError
+from .errors import StoreFull, StoreIOError, StoreUnavailable
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -16,6 +18,36 @@ def io_error(exc: OSError, what: str) -> StoreIOError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreFull(f"disk full while {what}; nothing was changed")
     return StoreIOError(f"{what} failed: {exc.strerror or exc}")
+
+
+def open_file(path: Path, flags: int, mode: int = FILE_MODE) -> int:
+    """open(2) a store file, never through a symbolic link, and only a regular file.
+
+    A link planted in the store (a segment pointing at /etc/passwd, a dangling lock)
+    would have the store truncate, overwrite or create a file outside it.
+    Raises StoreUnavailable for a link or a non-file; other OSErrors go to the caller.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreUnavailable(f"{path} is a symbolic link: refused (the store never follows one)") \
+                from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreUnavailable(f"{path} is not a regular file: refused")
+    return fd
+
+
+def read_file(path: Path) -> bytes:
+    """The whole content of a store file, read without following a link."""
+    fd = open_file(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
 
 
 def sync_dir(path: Path) -> None:
@@ -57,7 +89,11 @@ def write_all(fd: int, data: bytes) -> None:
 
 def _write_temp(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    # A crashed process of the same pid may have left this name (as a file, or a planted
+    # link): remove it and create anew, so nothing it points at is ever written.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     try:
         write_all(fd, data)
         os.fsync(fd)  # the data must be on disk before any name points at it

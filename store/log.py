@@ -14,17 +14,26 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from filelock import lock_descriptor, unlock_descriptor
 
 from . import codec, faults, lockholder
 from .errors import CorruptStore, StoreUnavailable
-from .fsutil import FILE_MODE, io_error, sync_dir, write_all
+from .fsutil import create_once, io_error, open_file, sync_dir, write_all, write_replace
 
 SEGMENT_SUFFIX = ".seg"
 LOCK_POLL = 0.0003  # seconds between tries when contended; holders keep the lock < 1 ms
+MAX_HEADER = 4096  # a segment header is ~80 bytes; one read covers it
 SLOW_LOCK = 1.0  # seconds of waiting for the lock before saying who holds it
 log = logging.getLogger(__name__)
+
+
+class Unchecked:
+    """No expectation of a segment header's `prev` (a cursor placed by the caller's own check)."""
+
+
+UNCHECKED = Unchecked()
 
 
 def segment_name(number: int) -> str:
@@ -42,23 +51,31 @@ class Overtaken(Exception):
 
 
 class Log:
-    def __init__(self, root: Path) -> None:
+    """The segments of one store, checked to be that store's, in sequence.
+
+    Each segment starts with a header frame naming the store's id, its number and
+    `prev`, the size and last frame checksum of the segment before it: a segment
+    missing, copied in from another store, or put in another's place is damage.
+    """
+
+    def __init__(self, root: Path, *, writable: bool = True) -> None:
         self.dir = root / "log"
-        # The lock file is never unlinked: a waiter holding the old inode open
-        # would otherwise lock a file nobody else sees. flock is released by the
-        # kernel when its holder dies, so a SIGKILLed holder never wedges the store.
-        try:
-            self._lock_fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot open store lock in {root}: {exc.strerror}") from None
+        self.writable = writable
+        self.store_id = ""  # set once FORMAT is read, under the lock
+        self._lock_fd = _open_lock(root / "lock", writable)
         self.segment = 0
         self.offset = 0
+        self._last_crc = 0  # payload checksum of the last frame before the cursor
+        self.prev: list[int] | None = None  # what the cursor segment's header says of the one before
         self._fd: int | None = None
 
     # -- locking -------------------------------------------------------------
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
+        if self._lock_fd is None:  # a read-only store without a lock file: nobody can write it
+            yield
+            return
         if not lock_descriptor(self._lock_fd, blocking=False):
             self._wait_for_lock()
         try:
@@ -67,11 +84,12 @@ class Log:
             unlock_descriptor(self._lock_fd)
 
     def holders(self) -> list[int]:
-        """Pids holding the store lock now."""
-        return lockholder.lock_holders(self._lock_fd)
+        """Pids holding the store lock now (none on a read-only store without a lock file)."""
+        return [] if self._lock_fd is None else lockholder.lock_holders(self._lock_fd)
 
     def _wait_for_lock(self) -> None:
         """Wait for the lock; past a second, say once whom we wait for, rather than hang mute."""
+        assert self._lock_fd is not None, "only called with a lock file"
         patience: float | None = time.monotonic() + SLOW_LOCK
         while not lock_descriptor(self._lock_fd, blocking=False):
             if patience is not None and time.monotonic() >= patience:
@@ -87,32 +105,62 @@ class Log:
         names = (n for n in os.listdir(self.dir) if n.endswith(SEGMENT_SUFFIX))
         return sorted(int(n[: -len(SEGMENT_SUFFIX)]) for n in names if n[:-4].isdigit())
 
-    def _path(self, number: int) -> Path:
+    def path(self, number: int) -> Path:
         return self.dir / segment_name(number)
 
-    def start_at(self, segment: int) -> None:
-        """Point the cursor at the start of `segment`, creating it if it is the first."""
-        self._close_fd()
-        self.segment, self.offset = segment, 0
-        path = self._path(segment)
-        if not path.exists():
-            self._create_segment(segment)
-        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+    def start_at(self, segment: int, prev: list[int] | Unchecked | None = UNCHECKED) -> list[int] | None:
+        """Point the cursor just past the header of `segment`; returns the header's `prev`.
 
-    def _create_segment(self, number: int) -> None:
+        `prev`, when given, is what the header must say of the segment before.
+        """
+        self._close_fd()
+        path = self.path(segment)
         try:
-            fd = os.open(self._path(number), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-            os.close(fd)
-            sync_dir(self.dir)  # the new segment's name must survive a crash
-        except FileExistsError:
-            pass
+            self._fd = open_file(path, os.O_RDWR | os.O_APPEND if self.writable else os.O_RDONLY)
+        except FileNotFoundError:
+            raise CorruptStore(str(path), 0, "missing log segment") from None
+        except StoreUnavailable as exc:
+            raise CorruptStore(str(path), 0, str(exc)) from None
+        except OSError as exc:
+            raise io_error(exc, f"opening {path}") from None
+        self.segment, self.offset = segment, 0
+        head = os.pread(self._fd, codec.HEADER.size + MAX_HEADER, 0)
+        found = codec.read_frame(head, 0)
+        if found is None:
+            raise CorruptStore(str(path), 0, "no segment header")
+        header = self._check_header(path, found[0], segment)
+        if not isinstance(prev, Unchecked) and header["prev"] != prev:
+            raise CorruptStore(str(path), 0, f"does not continue segment {segment - 1} of this store "
+                                             "(its header names another predecessor)")
+        self.offset, self._last_crc, self.prev = found[1], codec.payload_crc(head, 0), header["prev"]
+        return self.prev
+
+    def _check_header(self, path: Path, payload: bytes, segment: int) -> dict[str, Any]:
+        try:
+            header = piece_header(path, codec.unpack(payload), self.store_id)
+        except codec.Undecodable as exc:
+            raise CorruptStore(str(path), 0, f"segment header: {exc}") from None
+        if header["segment"] != segment:
+            raise CorruptStore(str(path), 0, f"is segment {header['segment']!r} of this store, "
+                                             f"not segment {segment}")
+        return header
+
+    def create_segment(self, number: int, prev: list[int] | None, *, replace: bool = False) -> None:
+        """Create segment `number` holding its header, atomically: nobody sees it without one."""
+        data = codec.frame(codec.pack({"store": self.store_id, "segment": number, "prev": prev}))
+        try:
+            if replace:  # only before FORMAT exists: nothing in it was ever acknowledged
+                write_replace(self.path(number), data)
+            else:
+                create_once(self.path(number), data)  # syncs the directory: the name survives
         except OSError as exc:
             raise io_error(exc, "creating a log segment") from None
 
     def rotate(self) -> int:
         """Seal the current segment and continue in a new one; returns its number."""
-        self._create_segment(self.segment + 1)
-        self.start_at(self.segment + 1)
+        prev = [self.offset, self._last_crc]
+        self.create_segment(self.segment + 1, prev)
+        self.start_at(self.segment + 1, prev)
         return self.segment
 
     def remove_below(self, segment: int) -> None:
@@ -120,21 +168,22 @@ class Log:
         removed = False
         for number in self.segments():
             if number < segment:
-                os.unlink(self._path(number))
+                os.unlink(self.path(number))  # a planted link is removed, never what it points at
                 removed = True
         if removed:
             sync_dir(self.dir)
 
     # -- reading ----------------------------------------------------------------
 
-    def read_new(self) -> list[bytes]:
-        """Payloads appended since the cursor, moving the cursor past them. Call under the lock.
+    def read_new(self) -> list[tuple[int, int, bytes]]:
+        """(segment, offset, payload) of each frame appended since the cursor, moving past them.
 
-        These frames are other processes' (our own appends move the cursor), and one
-        may be unsynced: its writer died between its write and its fdatasync. The
-        caller is about to act on them, so they are synced first, once per catch-up.
+        Call under the lock. These frames are other processes' (our own appends move
+        the cursor), and one may be unsynced: its writer died between its write and
+        its fdatasync. The caller is about to act on them, so they are synced first,
+        once per catch-up.
         """
-        payloads: list[bytes] = []
+        found: list[tuple[int, int, bytes]] = []
         while True:
             assert self._fd is not None, "log cursor not started"
             st = os.fstat(self._fd)
@@ -142,25 +191,31 @@ class Log:
             buf = os.pread(self._fd, size - self.offset, self.offset) if size > self.offset else b""
             end = 0
             for offset, payload in codec.frames(buf):
-                payloads.append(payload)
+                found.append((self.segment, self.offset + offset, payload))
                 end = offset + len(payload) + codec.HEADER.size
-            has_next = os.path.exists(self._path(self.segment + 1))
+                self._last_crc = codec.payload_crc(buf, offset)
+            has_next = os.path.exists(self.path(self.segment + 1))
             if not has_next and st.st_nlink == 0:
                 raise Overtaken(f"segment {self.segment} was compacted away")
             if end < len(buf):
                 self._bad_tail(buf, end, sealed=has_next)
             self.offset += end
             if not has_next:
-                if payloads:
+                if found and self.writable:
                     self.sync()  # earlier segments were synced by whoever rotated past them
-                return payloads
-            self.start_at(self.segment + 1)
+                return found
+            self.start_at(self.segment + 1, [self.offset, self._last_crc])
 
     def _bad_tail(self, buf: bytes, end: int, *, sealed: bool) -> None:
         """Drop a torn tail; report anything else as damage."""
-        where = str(self._path(self.segment))
-        if sealed or codec.whole_frame_after(buf, end) is not None:
-            raise CorruptStore(where, self.offset + end, "checksum or header mismatch before later records")
+        where = str(self.path(self.segment))
+        reason = codec.fault(buf, end)
+        if reason is not None:
+            raise CorruptStore(where, self.offset + end, reason)
+        if sealed:
+            raise CorruptStore(where, self.offset + end, "a frame cut short before later segments")
+        if not self.writable:
+            return  # nobody can drop it, nor write after it: read up to it
         # A torn write: the frame was never acknowledged (its writer died before
         # the sync returned), so cutting it off loses nothing anyone was told.
         assert self._fd is not None
@@ -191,6 +246,7 @@ class Log:
             raise io_error(exc, "writing to the log") from None
         faults.crash_point("append.after_sync")
         self.offset += len(data)
+        self._last_crc = codec.payload_crc(data, 0)
 
     def sync(self) -> None:
         """fdatasync the segment the cursor is in. Call under the lock."""
@@ -207,4 +263,34 @@ class Log:
 
     def close(self) -> None:
         self._close_fd()
-        os.close(self._lock_fd)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+
+
+def piece_header(path: Path, header: Any, store_id: str) -> dict[str, Any]:
+    """The header that opens a segment or the snapshot, checked to be one of this store's."""
+    if not isinstance(header, dict) or header.keys() < {"store", "segment", "prev"}:
+        raise CorruptStore(str(path), 0, "no header naming the store and the segment")
+    if header["store"] != store_id:
+        raise CorruptStore(str(path), 0, f"belongs to another store (id {header['store']!r})")
+    if type(header["segment"]) is not int:
+        raise CorruptStore(str(path), 0, "its header names no segment")
+    return header
+
+
+def _open_lock(path: Path, writable: bool) -> int | None:
+    """The store lock's descriptor; None on a read-only store that has no lock file.
+
+    The lock file is never unlinked: a waiter holding the old inode open would
+    otherwise lock a file nobody else sees. flock is released by the kernel when
+    its holder dies, so a SIGKILLed holder never wedges the store. flock works on a
+    read-only descriptor too, so a read-only store is still read under the lock.
+    """
+    try:
+        if writable:
+            return open_file(path, os.O_RDWR | os.O_CREAT)
+        return open_file(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot open store lock in {path.parent}: {exc.strerror}") from None

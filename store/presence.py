@@ -14,7 +14,8 @@ from typing import Any
 from filelock import lock_descriptor, unlock_descriptor
 
 from . import codec
-from .fsutil import FILE_MODE
+from .errors import StoreUnavailable
+from .fsutil import open_file
 
 
 class SupervisorPresence:
@@ -26,7 +27,10 @@ class SupervisorPresence:
         """Become the store's one supervisor, if none is running; held until release() or close()."""
         if self._fd is not None:
             return True
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            fd = open_file(self._path, os.O_RDWR | os.O_CREAT)  # never through a planted link
+        except OSError as exc:  # a read-only store, say: it can be inspected, not supervised
+            raise StoreUnavailable(f"cannot take {self._path}: {exc.strerror}") from None
         if not lock_descriptor(fd, blocking=False):
             os.close(fd)
             return False
@@ -43,16 +47,19 @@ class SupervisorPresence:
     def publish(self, info: dict[str, Any]) -> None:
         """Describe the running supervisor for `runner status`."""
         assert self._fd is not None, "not the supervisor"
-        data = codec.pack(info)
-        os.ftruncate(self._fd, 0)
+        # A checksummed frame, written over the old one and only then cut to size: a
+        # reader at any moment finds the old or the new description whole, never an
+        # empty file (which truncating first would show it, for as long as we were preempted).
+        data = codec.frame(codec.pack(info))
         os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
 
     def describe(self) -> dict[str, Any] | None:
         """The running supervisor's description, or None when no supervisor runs."""
         if self._fd is not None:
             return self._read(self._fd)
         try:
-            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_file(self._path, os.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
@@ -65,9 +72,10 @@ class SupervisorPresence:
 
     @staticmethod
     def _read(fd: int) -> dict[str, Any]:
+        found = codec.read_frame(os.pread(fd, 1 << 20, 0), 0)  # the first frame; an old tail after it
         try:
-            info = codec.unpack(os.pread(fd, 1 << 20, 0))
-        except Exception:  # caught mid-publish: an empty description beats a wrong one
+            info = None if found is None else codec.unpack(found[0])
+        except codec.Undecodable:  # an empty description beats a wrong one
             info = None
         return info if isinstance(info, dict) else {}
 

@@ -15,16 +15,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import codec, faults
-from .errors import CorruptStore, NotSerializable, StoreError, StoreIOError
-from .fsutil import io_error, write_replace
-from .layout import leftover_temp, prepare_dir
-from .log import Log, Overtaken, segment_name
+from . import codec, faults, validate
+from .errors import CorruptStore, NotSerializable, StoreError, StoreIOError, StoreUnavailable
+from .fsutil import io_error, read_file, write_replace
+from .layout import check_dir, create, leftover_temp, prepare_dir, store_id
+from .log import Log, Overtaken, piece_header
 from .state import StoreState
 from .watch import Watch
 
 SEGMENT_BYTES = 8 << 20  # past this (and the last snapshot's size), the state is snapshotted
 _log = logging.getLogger(__name__)
+# What decoding or applying a frame's content can raise; validate.py checks first, and
+# the handlers' own lookups (KeyError, ...) are the backstop for what it does not.
+APPLY_ERRORS = (codec.Undecodable, validate.Invalid, KeyError, IndexError, TypeError, ValueError,
+                AssertionError)
 
 
 class Replica:
@@ -36,19 +40,29 @@ class Replica:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        prepare_dir(self.root)  # creates log/ with a new store; a missing one is damage
+        self.writable = prepare_dir(self.root)  # a missing log/ is damage, checked in _load
         self._mutex = threading.RLock()
-        self._log = Log(self.root)
+        self._log = Log(self.root, writable=self.writable)
         self._snapshot_bytes = 0
         self._pid = os.getpid()  # see _locked: a handle must not cross a fork
         self._closed = False
+        self._damage: CorruptStore | None = None  # met while catching up: every later call fails
         self.state = StoreState()
         try:
             with self._log.locked():
+                found = store_id(self.root)
+                if found is None:
+                    create(self.root, self._first_segment)
+                    found = store_id(self.root)
+                self._log.store_id = str(found)
                 self._load()
         except BaseException:
             self._log.close()  # a refused open must not leak the lock's descriptor
             raise
+
+    def _first_segment(self, store: str) -> None:
+        self._log.store_id = store
+        self._log.create_segment(1, None, replace=True)
 
     # -- opening and catching up ---------------------------------------------
 
@@ -57,53 +71,89 @@ class Replica:
         """Read the snapshot and the log after it. Call under the lock.
 
         A missing piece is damage, reported, never read as "absent": the segment
-        a snapshot continues in, a segment between two others, or the snapshot
-        itself once older segments are gone.
+        a snapshot continues in, a segment between two others, the first segment
+        of a store without a snapshot, or the snapshot itself once older segments
+        are gone. Each piece's header names the store and its place in the sequence.
         """
         snapshot = self.root / "snapshot"
-        if not self._log.dir.is_dir():
-            raise CorruptStore(str(self._log.dir), 0, "missing: the store's log directory")
+        try:
+            check_dir(self._log.dir, "log directory", follow=False)
+        except FileNotFoundError:
+            raise CorruptStore(str(self._log.dir), 0, "missing: the store's log directory") from None
         segments = self._log.segments()
-        if snapshot.exists():
-            start, self.state = self._read_snapshot(snapshot)
-            if start not in segments:
-                raise CorruptStore(str(self._log.dir / segment_name(start)), 0,
-                                   "missing: the snapshot continues in this log segment")
+        if snapshot.exists() or snapshot.is_symlink():
+            start, prev, self.state = self._read_snapshot(snapshot)
+            if self._log.start_at(start) != prev:
+                raise CorruptStore(str(self._log.path(start)), 0,
+                                   "is not the segment the snapshot continues in")
         else:
             self.state = StoreState()
             start = segments[0] if segments else 1
             if start != 1:
                 raise CorruptStore(str(snapshot), 0, f"missing, and the log starts at segment {start}")
+            self._log.start_at(1, None)
         for expected, number in enumerate((n for n in segments if n >= start), start):
             if number != expected:
-                raise CorruptStore(str(self._log.dir / segment_name(expected)), 0,
+                raise CorruptStore(str(self._log.path(expected)), 0,
                                    f"missing log segment (segment {number} follows)")
-        for name in os.listdir(self.root):
-            if leftover_temp(name, "snapshot"):  # a crash mid-compaction; nobody writes it now
-                with contextlib.suppress(OSError):
-                    os.unlink(self.root / name)
-        self._log.start_at(start)
+        if self.writable:
+            for name in os.listdir(self.root):
+                if leftover_temp(name, "snapshot"):  # a crash mid-compaction; nobody writes it now
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.root / name)
         self._sync()
-        self._log.remove_below(start)
+        if self.writable:
+            self._log.remove_below(start)
 
-    def _read_snapshot(self, path: Path) -> tuple[int, StoreState]:
-        data = path.read_bytes()
-        found = codec.read_frame(data, 0)
-        if found is None or found[1] != len(data):
-            raise CorruptStore(str(path), 0, "snapshot checksum mismatch")
+    def _read_snapshot(self, path: Path) -> tuple[int, list[int] | None, StoreState]:
+        """(segment it continues in, that segment's `prev`, state): a header frame, then the body."""
+        try:
+            data = read_file(path)
+        except StoreUnavailable as exc:
+            raise CorruptStore(str(path), 0, str(exc)) from None
+        except OSError as exc:
+            raise io_error(exc, f"reading {path}") from None
+        header, body_at = self._snapshot_frame(path, data, 0)
+        piece_header(path, header, self._log.store_id)
+        body, end = self._snapshot_frame(path, data, body_at, depth=None)  # validate.snapshot checks it
+        if end != len(data):
+            raise CorruptStore(str(path), end, "extra bytes after the snapshot")
+        try:
+            validate.snapshot(body)
+            state = StoreState.from_snapshot(body)
+        except APPLY_ERRORS as exc:
+            raise CorruptStore(str(path), body_at, f"snapshot body cannot be applied: {exc}") from None
         self._snapshot_bytes = len(data)
-        segment, body = codec.unpack(found[0])
-        return segment, StoreState.from_snapshot(body)
+        return header["segment"], header["prev"], state
+
+    @staticmethod
+    def _snapshot_frame(path: Path, data: bytes, offset: int,
+                        depth: int | None = codec.FRAME_DEPTH) -> tuple[Any, int]:
+        """The value in the snapshot's frame at `offset`, and where the frame ends."""
+        found = codec.read_frame(data, offset)
+        if found is None:
+            raise CorruptStore(str(path), offset, codec.fault(data, offset) or "cut short")
+        try:
+            return codec.unpack(found[0], depth), found[1]
+        except codec.Undecodable as exc:
+            raise CorruptStore(str(path), offset, str(exc)) from None
 
     def _sync(self) -> None:
         try:
-            payloads = self._log.read_new()
+            frames = self._log.read_new()
         except Overtaken:  # others compacted twice past our cursor: start over from the snapshot
             self._load()
             return
-        for payload in payloads:
-            for op in codec.unpack(payload):
-                self.state.apply(op)
+        for segment, offset, payload in frames:
+            try:
+                for op in validate.frame_ops(codec.unpack(payload)):
+                    validate.operation(op, self.state)
+                    self.state.apply(op)
+            except APPLY_ERRORS as exc:
+                # Part of the frame may be applied, and the cursor is past it: this
+                # handle's state is no longer the log's, so it serves nothing more.
+                self._damage = CorruptStore(str(self._log.path(segment)), offset, str(exc))
+                raise self._damage from None
 
     def lock_holders(self) -> list[int]:
         """Pids holding the store lock now: a stopped one freezes every process."""
@@ -118,6 +168,8 @@ class Replica:
             # tasks. Refuse, rather than silently lose mutual exclusion.
             raise StoreError(f"store handle on {self.root} was opened by process {self._pid}; "
                              "open a new one in this process (after fork)")
+        if self._damage is not None:
+            raise self._damage
         with self._mutex, self._log.locked():
             faults.crash_point("locked.hold")
             self._sync()
@@ -127,13 +179,16 @@ class Replica:
         """Append the operations as one durable frame, then apply them. Call under the lock."""
         if not ops:
             return
+        if not self.writable:
+            raise StoreUnavailable(f"store {self.root} is on a read-only filesystem: it can be read, "
+                                   "not changed")
         payload = codec.pack(ops)  # raises NotSerializable before anything is written
         # Read the frame back *before* appending it. Some values pack but
         # cannot be unpacked (a dict with a tuple key: msgpack reads the key back as an
         # unhashable list); appended, such a frame would make every later open fail.
         try:
             decoded = codec.unpack(payload)
-        except Exception as exc:
+        except codec.Undecodable as exc:
             raise NotSerializable(f"cannot store value: it would not read back ({exc})") from None
         self._log.append(payload)
         for op in decoded:  # apply exactly what every other process will read
@@ -153,7 +208,9 @@ class Replica:
         """Snapshot the state, continue in a new segment, drop what the snapshot covers."""
         segment = self._log.rotate()
         faults.crash_point("compact.after_rotate")
-        data = codec.frame(codec.pack([segment, self.state.to_snapshot()]))
+        # The header ties the snapshot to this store and to the very segment it continues in.
+        header = {"store": self._log.store_id, "segment": segment, "prev": self._log.prev}
+        data = codec.frame(codec.pack(header)) + codec.frame(codec.pack(self.state.to_snapshot()))
         try:
             write_replace(self.root / "snapshot", data)
         except OSError as exc:

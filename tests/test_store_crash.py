@@ -329,7 +329,7 @@ def test_crash_during_compaction(store_dir: Path, processes: Spawn, monkeypatch:
         segments = sorted(int(p.name[:8]) for p in (store_dir / "log").iterdir())
         assert segments == list(range(segments[0], segments[0] + len(segments)))
         if point != "compact.after_rotate":  # only a crash in the first compaction has none
-            start, _ = s._read_snapshot(store_dir / "snapshot")
+            start, _, _ = s._read_snapshot(store_dir / "snapshot")
             assert segments[0] == start, "segments the snapshot covers were left behind"
         assert not [n for n in os.listdir(store_dir) if n.endswith(".tmp")]
         # Redo the rest: compaction goes on from where the crash left it.

@@ -49,11 +49,18 @@ class Env:
         return open_store(str(self.store_dir)), registry
 
 
+def _store_path(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    """An empty path would name the current directory (Path('') is '.'): never a store by accident."""
+    if not value:
+        raise click.BadParameter("the store path is empty", ctx=ctx, param=param)
+    return Path(value)
+
+
 def common(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command takes, declared once."""
 
     @click.option("--store", "store_dir", envvar="RUNNER_STORE", default=".runner", show_default=True,
-                  type=click.Path(path_type=Path), help="Store directory (env RUNNER_STORE).")
+                  type=click.Path(), callback=_store_path, help="Store directory (env RUNNER_STORE).")
     @click.option("--app", "apps", multiple=True,
                   help="Module that registers functions (repeatable; default: RUNNER_APP or pyproject).")
     @click.option("--log-level", type=click.Choice(logs.LEVELS), default="warning", show_default=True)
