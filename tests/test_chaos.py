@@ -29,8 +29,9 @@ from runner.store import Promise, State
 from tests.helpers import REPO_ROOT, Spawn, run_cli, runner_cmd, wait_until
 
 
-def chaos(*args: str, env: dict[str, str | None] | None = None, timeout: float = 120) -> Any:
-    return run_cli("chaos", *args, env=env, timeout=timeout, cwd=REPO_ROOT)
+def chaos(*args: str, env: dict[str, str | None] | None = None, timeout: float = 120,
+          cwd: Path = REPO_ROOT) -> Any:
+    return run_cli("chaos", *args, env=env, timeout=timeout, cwd=cwd)
 
 
 def rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -143,10 +144,14 @@ def test_the_broken_runner_is_named_in_the_terminal_report() -> None:
 SHOP = ("--app", "tests.apps.shop", "checkout", "--arg", json.dumps({"id": "o-1", "seconds": {"pack": 3}}))
 
 
-def test_an_app_that_is_not_ours_is_judged_from_its_history_and_its_effects() -> None:
-    """The fixture shop knows nothing of notify: a nested workflow, its own step names."""
-    result = chaos(*SHOP, "--kill-after", "1s", "--json")
+def test_an_app_that_is_not_ours_is_judged_from_its_history_and_its_effects(tmp_path: Path) -> None:
+    """The fixture shop knows nothing of notify: a nested workflow, its own step names.
+
+    Run from a directory of the user's own: without --store, every round has a store of
+    its own, and none is made where the command ran."""
+    result = chaos(*SHOP, "--kill-after", "1s", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []
     report = json.loads(result.stdout)
     assert report["ok"] and report["workflow"] == "checkout"
     by = rows(report)

@@ -69,8 +69,9 @@ def chaos_cmd(env: Env, func: str, args: tuple[str, ...], kill_after: float, tar
     scenario = NOTIFY if func == NOTIFY.workflow and not values else Scenario(func, values)
     source = click.get_current_context().get_parameter_source("store_dir")
     given = source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    store, registry = env.open()
-    store.close()
+    registry = env.load()
+    if given:  # a store of the user's must be usable before any round; else each round makes its own
+        env.open(load=False)[0].close()
     registry.lookup(func)
     seed = secrets.randbelow(1 << 31) if randomize and seed is None else seed
     workdir = Path(tempfile.mkdtemp(prefix="runner-chaos-"))

@@ -45,8 +45,13 @@ class Env:
 
     def open(self, *, load: bool = True) -> tuple[DirStore, Registry]:
         if load:
-            load_apps(self.apps)
+            self.load()
         return open_store(str(self.store_dir)), registry
+
+    def load(self) -> Registry:
+        """Import the app modules, so their functions are registered by name."""
+        load_apps(self.apps)
+        return registry
 
 
 def _store_path(ctx: click.Context, param: click.Parameter, value: str) -> Path:
