@@ -82,6 +82,8 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc), exc.exit_code)
         except (RunnerError, StoreError) as exc:
             fail(str(exc), EXIT_STORE)
+        except BrokenPipeError:  # the reader went away (`| head`): main() stops quietly
+            raise
         except OSError as exc:  # a path the system refuses (too long, a loop of links, ...)
             fail(os_error_line(exc), EXIT_STORE)
 
