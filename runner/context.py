@@ -30,8 +30,9 @@ from runner.store import (
 )
 
 from .combinators import AsCompleted, Kind, Select, outcome
-from .errors import ChildIdTooLong, NonDeterminism
+from .errors import BadInput, ChildIdTooLong, NonDeterminism, RunnerError
 from .registry import Registry
+from .retry import RETRY_TAG, Retry
 
 EXTERNAL = "<external>"  # func of a promise no function runs: settled from outside
 
@@ -82,6 +83,15 @@ class Handle:
         self._ctx = ctx
         self.id = promise_id
 
+    def options(self, *, id: str | None = None, retry: Retry | None = None,
+                timeout: float | None = None) -> Handle:
+        """Options of this one call, given on the handle `ctx.run` (`rpc`, `promise`) just
+        returned: an id of the caller's choosing, unique in the run (`approval-order-42`,
+        which a system can know in advance); a retry policy in place of the function's,
+        stored with the child so any worker uses it; a timeout in seconds, never past the
+        parent's own deadline. Replayed, the child is found by its id as recorded."""
+        return self._ctx.configure(self, id=id, retry=retry, timeout=timeout)
+
     def __await__(self) -> Generator[Wait, None, Any]:
         promise = (yield from self._ctx.settled((self.id,), Wake.FIRST))[0]
         assert promise is not None
@@ -119,10 +129,13 @@ class Context:
         """Spawn the function registered as `name`, which this process need not have loaded."""
         return self._spawn(name, list(args), runnable=True)
 
-    def promise(self, **tags: Any) -> Handle:
+    def promise(self, *, id: str | None = None, timeout: float | None = None,
+                **tags: Any) -> Handle:
         """A child that no function runs: it waits until settled from outside
-        (`runner promises resolve ID`), for a human in the loop."""
-        return self._spawn(EXTERNAL, [], runnable=False, tags=tags)
+        (`runner promises resolve ID`), for a human in the loop. With `id`, it has that id
+        (known in advance to whoever settles it); `timeout` rejects it after so many seconds."""
+        handle = self._spawn(EXTERNAL, [], runnable=False, tags=tags)
+        return handle if id is None and timeout is None else handle.options(id=id, timeout=timeout)
 
     def sleep(self, seconds: float) -> Handle:
         """A durable timer due `seconds` from now; awaiting it suspends the workflow, which
@@ -199,6 +212,48 @@ class Context:
             if pack(recorded.args) != packed:
                 self._diverge(position, recorded.func, f"{func} with other arguments")
         return cid, args, recorded
+
+    def configure(self, handle: Handle, *, id: str | None, retry: Retry | None,
+                  timeout: float | None) -> Handle:
+        """Apply Handle.options to the child just spawned, which is not written yet."""
+        pending = self._new[-1] if self._new and self._new[-1].id == handle.id else None
+        if pending is None:
+            if handle.id not in self._recorded:
+                raise RunnerError("options() applies to the handle ctx.run (rpc, promise) just returned")
+            if id is not None and id != handle.id:  # recorded without this id: another call
+                self._diverge(self._position - 1, f"{self._recorded[handle.id].func} with its own id",
+                              f"{self._recorded[handle.id].func} with id {id!r}")
+            return handle  # replayed: its options are stored with it
+        tags = dict(pending.tags)
+        if retry is not None:
+            tags[RETRY_TAG] = retry.stored()
+        deadline = pending.timeout
+        if timeout is not None:
+            mine = time.time() + float(timeout)
+            deadline = mine if deadline is None else min(deadline, mine)  # never past the parent's
+        new = NewPromise(pending.id if id is None else self._named(id), pending.func, pending.args,
+                         pending.parent, tags, deadline, pending.runnable)
+        self._new.pop()
+        recorded = self._recorded.get(new.id)
+        if recorded is None:
+            self._new.append(new)
+        elif recorded.func != new.func or pack(recorded.args) != pack(new.args):
+            self._diverge(self._position - 1, recorded.func, f"{new.func} (or other arguments) as {new.id!r}")
+        return Handle(self, new.id)
+
+    def _named(self, name: str) -> str:
+        """A child id of the caller's choosing: a root id's form, unique in the run and the store."""
+        from .invoke import check_root_id  # invoke imports the worker, which imports this module
+
+        check_root_id(name)
+        if name in self._recorded:
+            return name  # replayed: the same call, checked by the caller
+        if any(new.id == name for new in self._new):
+            raise BadInput(f"id {name!r} is given to two children of {self.id}")
+        found = self.lookup(name)
+        if found is not None and found.parent != self.id:
+            raise BadInput(f"id {name!r} is taken by another promise (child of {found.parent!r})")
+        return name
 
     def record(self, cid: str, func: str, args: list[Any], value: Any) -> None:
         """Record a decision as a child created resolved, written with the next batch:

@@ -31,6 +31,7 @@ from runner.store.lockholder import is_stopped
 from .errors import SupervisorRunning, UnknownFunction, WorkerDied
 from .owners import owner_id
 from .registry import Registry
+from .retry import policy_of
 from .worker import EXIT_STORE_FAILED, EXIT_STORE_FULL, die_with_parent, exit_store_failed, run_worker
 
 log = logging.getLogger(__name__)
@@ -357,7 +358,7 @@ class Supervisor:
         that kills its worker cannot crash-loop faster than its backoff.
         """
         try:
-            policy = self.registry.lookup(promise.func).retry
+            policy = policy_of(promise, self.registry.lookup(promise.func).retry)
         except UnknownFunction:
             return 0.0  # the worker that claims it rejects it by name
         delay = policy.next_delay(task.attempt, WorkerDied(promise.id, error.get("message", "")))

@@ -46,7 +46,7 @@ from .errors import NonDeterminism, RunnerError
 from .owners import owner_id
 from .parked import resume_hint
 from .registry import Registered, Registry
-from .retry import Retry
+from .retry import Retry, policy_of
 from .workflow import Failed, Finished, RunCache, Waiting, WorkflowRun
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ class Worker:
             except RunnerError as exc:
                 self._finish(claim, State.REJECTED, error_value(exc))
                 return
-            policy = entry.retry
+            policy = policy_of(claim.promise, entry.retry)
             if entry.is_workflow:
                 self._run_workflow(claim, entry)
             else:
@@ -317,7 +317,7 @@ class Worker:
 
             value, error = await asyncio.get_running_loop().run_in_executor(self._executor, call)
         if error is not None:
-            if not self._retried(claim, entry.retry, error):
+            if not self._retried(claim, policy_of(claim.promise, entry.retry), error):
                 await self._finish_leaf(claim, State.REJECTED, error_value(error))
             return
         await self._finish_leaf(claim, State.RESOLVED, value)

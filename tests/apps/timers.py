@@ -10,7 +10,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from runner import Retry, function
+from runner import Retry, TimedOut, function
 
 if TYPE_CHECKING:
     from runner.context import Context
@@ -158,3 +158,42 @@ async def sleeper_only(ctx: Context, seconds: float) -> bool:
 async def staggered(ctx: Context, n: int, first: float, step: float) -> int:
     """n sleepers due one after another, `step` apart: each timer fires on its own."""
     return len(await ctx.all([ctx.run(sleeper_only, first + i * step) for i in range(n)]))
+
+
+# -- per-call options and named promises ------------------------------------------------
+
+
+@function(retry=Retry.none())
+def fails_until(path: str, failures: int, error: str = "ValueError") -> int:
+    """Fails its first `failures` runs (counted in a file), then returns how many runs it took."""
+    with open(path, "a") as f:
+        f.write("x")
+    with open(path) as f:
+        runs = len(f.read())
+    if runs <= failures:
+        raise {"ValueError": ValueError, "KeyError": KeyError}[error](f"run {runs}")
+    return runs
+
+
+@function
+async def retried_per_call(ctx: Context, path: str, failures: int, error: str, attempts: int) -> Any:
+    policy = Retry(attempts=attempts, delay=0.0, non_retryable=(KeyError,))
+    try:
+        return await ctx.run(fails_until, path, failures, error).options(retry=policy)
+    except (ValueError, KeyError) as exc:
+        return f"failed: {type(exc).__name__}"
+
+
+@function
+async def child_timeout(ctx: Context, work: float, timeout: float) -> str:
+    try:
+        return await ctx.run(wait_then, work, "done").options(timeout=timeout, id=f"{ctx.id}-job")
+    except TimedOut:
+        return "child timed out"
+
+
+@function
+async def named_approval(ctx: Context, order: str) -> Any:
+    """Waits for an approval whose id the approver knows: `approval-<order>`."""
+    decision = await ctx.promise(id=f"approval-{order}", timeout=60, kind="approval")
+    return {"order": order, "decision": decision}
