@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import sys
 from collections.abc import Mapping
 from typing import Any, TypeGuard
@@ -150,3 +151,10 @@ def _failed_as(base: type[Exception]) -> type[ChildFailed]:
             made = ChildFailed
         _FAILED_AS[base] = made
     return _FAILED_AS[base]
+
+
+def error_text(error: Any) -> str:
+    """A stored error on one line, "Type: message": what the CLI and a parked run's message show."""
+    if isinstance(error, dict) and "type" in error:
+        return f"{error['type']}: {error.get('message', '')}".rstrip(": ")
+    return json.dumps(error, default=str, ensure_ascii=False)

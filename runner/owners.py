@@ -16,3 +16,11 @@ def owner_pid(owner: str | None) -> int | None:
         return None
     head = owner.split("@", 1)[0]
     return int(head) if head.isdigit() else None
+
+
+def gone(pid: int) -> bool:
+    """Whether the process is dead (a zombie counts: it runs no more code)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -12,8 +12,8 @@ from typing import Any
 
 from runner.store import NotFound, PromiseStore, Task, TaskState
 
+from .error_values import error_text
 from .errors import NotParked, Parked
-from .views import error_text
 
 
 def resume_hint(promise_id: str) -> str:

@@ -57,14 +57,16 @@ EXIT_STORE_FULL = 4  # because the disk is full
 _PR_SET_PDEATHSIG = 1
 
 
-def fault_rerun_settled(func: str) -> bool:
+def rerun_settled_fault() -> str | None:
     """A test-only fault, never set in production: `RUNNER_TEST_BREAK=rerun-settled[:FUNC]`.
 
     The worker then runs a sync leaf (every one, or only FUNC) once more after it
     settled, breaking invariant 1 on purpose so a test can prove `runner chaos` sees it.
+    Read once when a worker starts, not on every leaf: None when off, "" for every
+    leaf, else the one FUNC.
     """
     name, _, only = os.environ.get("RUNNER_TEST_BREAK", "").partition(":")
-    return name == "rerun-settled" and only in ("", func)
+    return only if name == "rerun-settled" else None
 
 
 def exit_store_failed(exc: StoreIOError) -> NoReturn:
@@ -100,6 +102,7 @@ class Worker:
         self.cache = RunCache()
         self.draining = False
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="leaf")
+        self._rerun_settled = rerun_settled_fault()
         self._wake: asyncio.Event | None = None
         self._batch: list[tuple[Completion, asyncio.Future[None]]] = []
         self.poke = poke  # wakes the supervisor, which fires the timers
@@ -321,7 +324,8 @@ class Worker:
                 await self._finish_leaf(claim, State.REJECTED, error_value(error))
             return
         await self._finish_leaf(claim, State.RESOLVED, value)
-        if fault_rerun_settled(entry.name) and not entry.is_async:  # a test-only fault
+        fault = self._rerun_settled  # a test-only fault
+        if fault is not None and fault in ("", entry.name) and not entry.is_async:
             await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def _run_workflow(self, claim: Claim, entry: Registered) -> None:

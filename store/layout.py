@@ -33,7 +33,7 @@ FORMAT_NAME = "fanout-runner-store"
 # 2: FORMAT names the store's id; each segment and the snapshot start with a header
 # naming it and their place in the sequence; frame headers carry their own checksum.
 FORMAT_VERSION = 2
-_KNOWN = {"FORMAT", "lock", "snapshot", "log", "supervisor.lock", "outbox.jsonl"}
+_KNOWN = {"FORMAT", "lock", "snapshot", "log", "supervisor.lock"}
 
 
 def leftover_temp(name: str, stem: str) -> bool:

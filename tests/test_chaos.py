@@ -20,10 +20,10 @@ import psutil
 import pytest
 
 from runner.apps import load_apps
-from runner.chaos import run_rounds
-from runner.chaos_plan import Plan, fixed_plan, random_plan
-from runner.chaos_verdict import NOTIFY, Evidence, Kill, Snapshot, judge
-from runner.durations import parse_duration
+from runner.chaos.plan import Plan, fixed_plan, random_plan
+from runner.chaos.run import run_rounds
+from runner.chaos.verdict import NOTIFY, Evidence, Kill, Snapshot, judge
+from runner.cli.durations import parse_duration
 from runner.registry import registry
 from runner.store import Promise, State
 from tests.helpers import REPO_ROOT, Spawn, run_cli, runner_cmd, wait_until

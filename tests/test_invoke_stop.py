@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from runner.chaos import gone
+from runner.owners import gone
 from tests.e2e_support import CHANNELS, Workspace, event, result_of
 from tests.helpers import wait_until
 from tests.test_runner_kill_e2e import push_in_flight

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runner import jsonout
+from runner.cli import jsonout
 from tests.e2e_support import Workspace
 
 APP = ("--app", "tests.apps.values")

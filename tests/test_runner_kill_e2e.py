@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from runner.chaos import gone
-from runner.owners import owner_pid
+from runner.owners import gone, owner_pid
 from tests.e2e_support import CHANNELS, Workspace, event, result_of
 from tests.helpers import kill_group, wait_until
 

@@ -1,4 +1,4 @@
-"""`runner chaos`: the kill-and-restart harness on the command line (logic in chaos.py)."""
+"""`runner chaos`: the kill-and-restart harness on the command line (the harness is runner.chaos)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,15 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from . import chaos, chaos_plan
-from .chaos_verdict import NOTIFY, Report
-from .cli import Env, cli, common, fail
+from ..chaos import plan as chaos_plan
+from ..chaos import run as chaos
+from ..chaos.timeline import html_timeline, svg_timeline, text_timeline
+from ..chaos.verdict import NOTIFY, Report
 from .durations import Duration
-from .timeline import html_timeline, svg_timeline, text_timeline
+from .group import Env, cli, common, fail
 
 EXIT_VIOLATION = 1
 EXIT_USAGE = 2
-
-
 
 
 @cli.command("chaos")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .chaos_verdict import Report
+    from .verdict import Report
 
 # Failpoints inside store writes, and how many hits the busiest process reaches in a short
 # run, with some margin: the N of `NAME:N` is drawn up to that, so the crash lands inside

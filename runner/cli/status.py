@@ -16,8 +16,8 @@ import psutil
 
 from runner.store import PromiseStore, Task
 
-from .owners import owner_pid
-from .parked import parked_info
+from ..owners import owner_pid
+from ..parked import parked_info
 
 
 def _process(pid: int | None, owner: str | None = None) -> psutil.Process | None:

@@ -25,17 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from runner.store import Promise, PromiseStore, State, StoreError, Task, open_store
 
-from .chaos_plan import Plan, Summary
-from .chaos_verdict import NOTIFY, Evidence, Kill, Report, Seen, Snapshot, judge
-from .errors import RunnerError
-from .invoke import submit
-from .owners import owner_pid
-from .registry import Registry
-from .worker import die_with_parent
+from ..errors import RunnerError
+from ..invoke import submit
+from ..owners import gone, owner_pid
+from ..registry import Registry
+from ..worker import die_with_parent
+from .plan import Plan, Summary
+from .verdict import NOTIFY, Evidence, Kill, Report, Seen, Snapshot, judge
 
 TARGETS = ("workers", "supervisor")
 CRASH_ENV = "RUNNER_STORE_CRASH_AT"  # store/faults.py: SIGKILL at the N-th hit of a named point
@@ -64,14 +62,6 @@ class Started:
         with contextlib.suppress(OSError):
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         return ""
-
-
-def gone(pid: int) -> bool:
-    """Whether the process is dead (a zombie counts: it runs no more code)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def wait_gone(pids: Sequence[int], timeout: float = 10.0) -> None:

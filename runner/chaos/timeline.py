@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from html import escape
 
-from .chaos_verdict import Attempt, Lane, Report
+from .verdict import Attempt, Lane, Report
 
 COLORS = {
     "settled": "#2e7d32", "killed": "#c62828", "released": "#9e9e9e", "running": "#1565c0",

@@ -15,6 +15,8 @@ from typing import Any
 from rich.console import Console, Group
 from rich.text import Text
 
+from ..error_values import error_text
+
 STYLES = {"pending": "yellow", "resolved": "green", "rejected": "red", "rejected_canceled": "magenta",
           "rejected_timedout": "red", "parked": "bold yellow"}
 
@@ -48,12 +50,6 @@ def state(name: str, task: str | None = None) -> Text:
 
 def compact(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
-
-
-def error_text(error: Any) -> str:
-    if isinstance(error, dict) and "type" in error:
-        return f"{error['type']}: {error.get('message', '')}".rstrip(": ")
-    return compact(error)
 
 
 # -- promises -------------------------------------------------------------------------

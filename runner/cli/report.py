@@ -16,8 +16,8 @@ from typing import Any
 
 from runner.store import NotFound, Promise, PromiseStore, State, Task
 
-from .owners import owner_pid
-from .parked import parked_info
+from ..owners import owner_pid
+from ..parked import parked_info
 
 
 def duration(p: Promise, now: float) -> float:

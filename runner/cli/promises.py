@@ -1,39 +1,22 @@
-"""Inspection and operation commands: `runner promises ...`, `runner tree`, `runner status`.
+"""The `runner promises ...` commands: list, show and settle promises from outside.
 
-Thin wrappers: report.py and status.py gather plain dicts, views.py draws them,
+Thin wrappers: report.py gathers plain dicts, views.py draws them,
 settle.py settles from outside. `--json` prints the gathered dict as it is (the
 shapes are documented in README.md, "JSON output").
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 from rich.text import Text
 
 from runner.store import DirStore, State
 
-from . import parked, report, settle, views
-from .cli import EXIT_STORE, Env, cli, common, fail, parse_json, to_json
-from .status import status as gather_status
+from .. import parked, settle
+from . import report, views
+from .group import Env, cli, common, emit, json_option, open_existing, parse_json, to_json
 
 _STATES = [s.value for s in State]
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in README.md).")
-
-
-def _open(env: Env) -> DirStore:
-    """The store, which must exist already: looking must not create one."""
-    if not env.store_dir.is_dir():
-        fail(f"no store at {env.store_dir} (set --store or RUNNER_STORE)", EXIT_STORE)
-    return env.open(load=False)[0]
-
-
-def _emit(data: Any, as_json: bool, lines: Any) -> None:
-    if as_json:
-        click.echo(to_json(data))
-    else:
-        views.show(lines)
 
 
 @cli.group()
@@ -68,9 +51,9 @@ def list_promises(env: Env, state: str | None, prefix: str | None, parent: str |
     Example:
       runner promises list --state pending --prefix order-42
     """
-    data = report.listing(_open(env), state=State(state) if state else None, parent=parent,
+    data = report.listing(open_existing(env), state=State(state) if state else None, parent=parent,
                           prefix=prefix, limit=limit, cursor=cursor)
-    _emit(data, as_json, views.promise_list(data))
+    emit(data, as_json, views.promise_list(data))
     if not as_json and data["cursor"] is not None:
         click.echo(f"more: --cursor {data['cursor']}")
 
@@ -86,8 +69,8 @@ def get_promise(env: Env, promise_id: str, as_json: bool) -> None:
     Example:
       runner promises get order-42.3 --json
     """
-    data = report.detail(_open(env), promise_id)
-    _emit(data, as_json, views.promise_detail(data))
+    data = report.detail(open_existing(env), promise_id)
+    emit(data, as_json, views.promise_detail(data))
 
 
 @promises.command("resolve")
@@ -105,7 +88,7 @@ def resolve(env: Env, promise_id: str, value: str, as_json: bool) -> None:
       runner promises resolve approval-1.0 --value '"yes"'
     """
     parsed = parse_json(value, "--value")
-    store = _open(env)
+    store = open_existing(env)
     settle.resolve(store, promise_id, parsed)
     _settled(store, promise_id, as_json)
 
@@ -126,7 +109,7 @@ def reject(env: Env, promise_id: str, message: str, type_name: str, as_json: boo
     Example:
       runner promises reject approval-1.0 --error "budget exceeded"
     """
-    store = _open(env)
+    store = open_existing(env)
     settle.reject(store, promise_id, message, type_name)
     _settled(store, promise_id, as_json)
 
@@ -146,7 +129,7 @@ def cancel(env: Env, promise_id: str, reason: str, as_json: bool) -> None:
     Example:
       runner promises cancel order-42
     """
-    store = _open(env)
+    store = open_existing(env)
     _, canceled = settle.cancel(store, promise_id, reason)
     _settled(store, promise_id, as_json, canceled)
 
@@ -166,7 +149,7 @@ def retry(env: Env, promise_id: str, as_json: bool) -> None:
     Example:
       runner promises retry order-42
     """
-    store = _open(env)
+    store = open_existing(env)
     parked.resume(store, promise_id)
     if as_json:
         click.echo(to_json(report.detail(store, promise_id)))
@@ -185,37 +168,3 @@ def _settled(store: DirStore, promise_id: str, as_json: bool, canceled: list[str
     if canceled:
         line.append(f" with {len(canceled)} pending descendants")
     views.show([line])
-
-
-@cli.command()
-@click.argument("promise_id", metavar="ID")
-@json_option
-@common
-def tree(env: Env, promise_id: str, as_json: bool) -> None:
-    """Show the call graph of a run: each promise's function, state, duration and attempt.
-
-    Coloured on a terminal, plain when piped. The attempt and worker of a promise are
-    known while it is pending.
-
-    \b
-    Example:
-      runner tree order-42
-    """
-    data = report.tree(_open(env), promise_id)
-    _emit(data, as_json, views.tree(data))
-
-
-@cli.command()
-@json_option
-@common
-def status(env: Env, as_json: bool) -> None:
-    """Show the supervisor, its workers and what each runs, the queue and counts by state.
-
-    Says so when no supervisor is running (and exits 0: that is a state, not an error).
-
-    \b
-    Example:
-      runner status --store /var/lib/app/.runner
-    """
-    data = gather_status(_open(env), env.store_dir)
-    _emit(data, as_json, views.status(data))

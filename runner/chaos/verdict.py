@@ -19,7 +19,7 @@ from typing import Any
 
 from runner.store import Promise, State
 
-from .owners import owner_pid
+from ..owners import owner_pid
 
 SLACK = 0.005  # seconds: how late the harness may see a claim begin
 
