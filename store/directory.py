@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -101,9 +101,9 @@ class DirStore(Replica):
 
     def search(self, *, state: State | None = None, parent: str | None = None,
                prefix: str | None = None, limit: int = 100, cursor: int = 0,
-               now: float | None = None) -> Page:
-        """Promises in creation order, filtered, each as `get` sees it at `now`; page with
-        the returned cursor."""
+               now: float | None = None, tags: Mapping[str, Any] | None = None) -> Page:
+        """Promises in creation order, filtered (`tags`: each of these tags has this value),
+        each as `get` sees it at `now`; page with the returned cursor."""
         now = time.time() if now is None else now
         with self._locked():
             seen = self.state.seen
@@ -111,8 +111,10 @@ class DirStore(Replica):
                 pool = [seen(self.state.promises[c], now) for c in self.state.children.get(parent, ())]
             else:
                 pool = [seen(p, now) for p in self.state.promises.values()]
+        wanted = list((tags or {}).items())
         matches = [p for p in pool[cursor:] if (state is None or p.state is state)
-                   and (prefix is None or p.id.startswith(prefix))]
+                   and (prefix is None or p.id.startswith(prefix))
+                   and all(k in p.tags and p.tags[k] == v for k, v in wanted)]
         items = matches[:limit]
         if len(matches) <= limit:
             return Page(items, None)

@@ -14,7 +14,7 @@ start, or that none may (see deaths.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from .deaths import Decide, retry_at_once
@@ -36,7 +36,7 @@ class PromiseStore(Protocol):
     def children(self, parent: str, now: float | None = None) -> list[Promise]: ...
     def search(self, *, state: State | None = None, parent: str | None = None,
                prefix: str | None = None, limit: int = 100, cursor: int = 0,
-               now: float | None = None) -> Page: ...
+               now: float | None = None, tags: Mapping[str, Any] | None = None) -> Page: ...
     def settle(self, promise_id: str, state: State, value: Any = None,
                now: float | None = None) -> Promise: ...
     def claim(self, owner: str, now: float | None = None, *, limit: int = 1,

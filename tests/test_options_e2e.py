@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from runner.retry import RETRY_TAG
@@ -46,5 +47,11 @@ def test_a_named_promise_is_settled_by_its_known_id(ws: Workspace) -> None:
     wait_until(lambda: ws.store.get("approval-o1") is not None, timeout=20, message="never created")
     approval = ws.get("approval-o1")
     assert approval.parent == "o1" and approval.tags["kind"] == "approval" and approval.timeout is not None
+    listed = ws.cli("promises", "list", "--tag", "kind=approval", "--state", "pending", "--json")
+    assert [p["id"] for p in json.loads(listed.stdout)["items"]] == ["approval-o1"], listed.stderr
+    none = ws.cli("promises", "list", "--tag", "kind=other", "--json")
+    assert json.loads(none.stdout)["items"] == []
+    bad = ws.cli("promises", "list", "--tag", "kind")
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
     assert ws.cli("promises", "resolve", "approval-o1", "--value", '"yes"').returncode == 0
     assert result_of(ws.invoke("named_approval", "o1", promise_id="o1")) == {"order": "o1", "decision": "yes"}
