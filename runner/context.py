@@ -181,8 +181,8 @@ class Context:
             remaining = len(ids) - len(done)
             if not ids or any(wake.holds(p.state, remaining) for p in done):
                 return promises
-            yield Wait(tuple(cid for cid, p in zip(ids, promises, strict=True)
-                             if p is None or not p.settled), wake)
+            yield Wait(tuple(dict.fromkeys(cid for cid, p in zip(ids, promises, strict=True)
+                                           if p is None or not p.settled)), wake)
 
     def _spawn(self, func: str, args: list[Any], *, runnable: bool,
                tags: dict[str, Any] | None = None) -> Handle:

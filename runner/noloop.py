@@ -9,13 +9,14 @@ turns the first thing asyncio asks of it into an error naming the durable equiva
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import AsyncioInWorkflow
 
-_ASYNCIO = Path(sys.modules["asyncio"].__file__ or "").parent
+_ASYNCIO = Path(asyncio.__file__).parent
 
 
 class _NoLoop:

@@ -303,9 +303,10 @@ class DirStore(Replica):
             unknown = [a for a in awaiting if a not in self.state.promises and a not in created]
             if unknown:
                 raise NotFound(unknown[0])  # waiting on it would wait forever
-            settled = [self.state.promises[a].state for a in awaiting
+            unique = list(dict.fromkeys(awaiting))  # an id awaited twice settles once
+            settled = [self.state.promises[a].state for a in unique
                        if a in self.state.promises and self.state.promises[a].settled]
-            remaining = len(awaiting) - len(settled)
+            remaining = len(unique) - len(settled)
             holds = any(wake.holds(s, remaining) for s in settled)
             if not holds:
                 # The field `wake` is written only when it is not the old behaviour,

@@ -181,7 +181,7 @@ class StoreState:
     def _await(self, pid: str, task: TaskRecord) -> None:
         """Index a waiting task under each promise it awaits that may still settle."""
         task.remaining = 0
-        for awaited in task.awaiting:
+        for awaited in dict.fromkeys(task.awaiting):  # an id awaited twice settles once
             if not self.promises[awaited].settled:
                 task.remaining += 1
                 self.callbacks.setdefault(awaited, set()).add(pid)

@@ -137,6 +137,15 @@ def test_suspend_keeps_the_claim_when_the_condition_holds_already(s: DirStore) -
     assert not s.suspend("wf", claim.counter, ["wf.0", "wf.1"], now=1.0, wake=Wake.ALL)
 
 
+def test_wake_all_over_an_id_awaited_twice_wakes_when_it_settles(s: DirStore) -> None:
+    s.create([NewPromise("wf", "flow"), *children(1)], now=1.0)
+    [claim] = [c for c in s.claim("w1", now=1.0, limit=2) if c.id == "wf"]
+    assert s.suspend("wf", claim.counter, ["wf.0", "wf.0"], now=1.0, wake=Wake.ALL)
+    s.settle("wf.0", State.RESOLVED, 0, now=2.0)
+    task = s.task("wf")
+    assert task is not None and task.state is TaskState.READY
+
+
 def test_a_waiting_condition_survives_a_reopen(tmp_path: Path) -> None:
     first = open_store(str(tmp_path / "store"))
     assert waiting(first, children(2), Wake.ALL)
