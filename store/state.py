@@ -338,12 +338,7 @@ class StoreState:
 
     def due_timers(self, now: float) -> list[str]:
         """Pending timers due at or before `now` (taken off the heap: fire them now)."""
-        out = []
-        while self.timers and self.timers[0][0] <= now:
-            _, pid = heapq.heappop(self.timers)
-            if not self.promises[pid].settled:
-                out.append(pid)
-        return out
+        return self._pop_due(self.timers, now)
 
     def next_timer(self) -> float | None:
         """When the earliest pending timer is due; settled ones are dropped from the heap here."""
@@ -353,9 +348,13 @@ class StoreState:
 
     def timed_out(self, now: float) -> list[str]:
         """Pending promises at or past their deadline (taken off the heap: time them out now)."""
+        return self._pop_due(self.timeouts, now)
+
+    def _pop_due(self, heap: list[tuple[float, str]], now: float) -> list[str]:
+        """The pending ids of `heap` (time, id) whose time is at or before `now`, popped."""
         out = []
-        while self.timeouts and self.timeouts[0][0] <= now:
-            _, pid = heapq.heappop(self.timeouts)
+        while heap and heap[0][0] <= now:
+            _, pid = heapq.heappop(heap)
             if not self.promises[pid].settled:
                 out.append(pid)
         return out
