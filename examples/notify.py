@@ -1,18 +1,18 @@
 """Notify one order on four channels at once; a retry of one never re-sends the others.
 
-Each send appends one line to an outbox file, so a test (or `runner chaos`) can count
-how often each channel really executed.
+Each send is recorded through `runner.effects` (so `runner chaos` can judge it from
+outside the store) and appended to an outbox file of its own, so a test can count how
+often each channel really executed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner import Retry, current, function
+from runner import Retry, current, effects, function
 
 if TYPE_CHECKING:
     from runner.context import Context
@@ -29,27 +29,13 @@ def outbox_path(store: Path) -> Path:
 
 def read_outbox(path: Path | str) -> list[dict[str, Any]]:
     """Every send recorded in the outbox, oldest first."""
-    with open(path, encoding="utf-8") as file:
-        return [json.loads(line) for line in file if line.strip()]
+    return effects.read(path)
 
 
 def _record(channel: str, event: dict[str, Any]) -> None:
-    call = current()
-    line = {
-        "channel": channel,
-        "order_id": event.get("order_id"),
-        "promise_id": call.id,
-        "attempt": call.attempt,
-        "pid": os.getpid(),
-        "time": time.time(),
-    }
-    data = (json.dumps(line) + "\n").encode()
-    # O_APPEND and a single write: lines from concurrent workers never interleave.
-    fd = os.open(outbox_path(call.store), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    """One line in the effects journal, the same line in the outbox: one user of the journal's API."""
+    line = effects.record(channel, channel=channel, order_id=event.get("order_id"))
+    effects.append(outbox_path(current().store), line)
 
 
 def _send(channel: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Variables a test must set on purpose: inherited from the developer's shell they would
 # point a test at a store or an outbox it does not own.
-_ISOLATED_VARS = ("RUNNER_STORE", "NOTIFY_OUTBOX")
+_ISOLATED_VARS = ("RUNNER_STORE", "NOTIFY_OUTBOX", "RUNNER_EFFECTS")
 
 T = TypeVar("T")
 

@@ -22,15 +22,16 @@ import pytest
 from runner.apps import load_apps
 from runner.chaos.plan import Plan, fixed_plan, random_plan
 from runner.chaos.run import run_rounds
-from runner.chaos.verdict import NOTIFY, Evidence, Kill, Snapshot, judge
+from runner.chaos.verdict import NOTIFY, Evidence, Kill, Scenario, Snapshot, judge
 from runner.cli.durations import parse_duration
 from runner.registry import registry
 from runner.store import Promise, State
 from tests.helpers import REPO_ROOT, Spawn, run_cli, runner_cmd, wait_until
 
 
-def chaos(*args: str, env: dict[str, str | None] | None = None, timeout: float = 120) -> Any:
-    return run_cli("chaos", *args, env=env, timeout=timeout, cwd=REPO_ROOT)
+def chaos(*args: str, env: dict[str, str | None] | None = None, timeout: float = 120,
+          cwd: Path = REPO_ROOT) -> Any:
+    return run_cli("chaos", *args, env=env, timeout=timeout, cwd=cwd)
 
 
 def rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -98,7 +99,8 @@ def test_a_failpoint_firing_in_the_supervisors_own_start_up_is_that_rounds_kill(
     load_apps(["examples.notify"])
     delays = {"email": 0.3, "sms": 0.1, "slack": 0.05, "push": 0.4}
     plan = Plan("store-write", 2.0, delays, "locked.hold:1")
-    reports, summary = run_rounds(iter([plan]), workdir=tmp_path, store_dir=None, registry=registry)
+    reports, summary = run_rounds(iter([plan]), workdir=tmp_path, store_dir=None, registry=registry,
+                                  scenario=NOTIFY)
     assert reports[0].ok, reports[0].violations
     assert any("before the workers were up" in note for note in reports[0].notes), reports[0].notes
     assert summary.rounds == 1
@@ -133,10 +135,43 @@ def test_the_broken_runner_is_named_in_the_terminal_report() -> None:
     result = chaos("--kill-after", "500ms", env={"RUNNER_TEST_BREAK": "rerun-settled:send_sms"})
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"^sms \.1 .*VIOLATION: executed after it settled", result.stdout, re.M), result.stdout
-    assert "FAIL: " in result.stdout and "! = send after it settled" in result.stdout
+    assert "FAIL: " in result.stdout and "! = effect after it settled" in result.stdout
     kept = re.search(r"kept in (\S+)$", result.stdout, re.M)
     assert kept is not None
     shutil.rmtree(kept.group(1))
+
+
+SHOP = ("--app", "tests.apps.shop", "checkout", "--arg", json.dumps({"id": "o-1", "seconds": {"pack": 3}}))
+
+
+def test_an_app_that_is_not_ours_is_judged_from_its_history_and_its_effects(tmp_path: Path) -> None:
+    """The fixture shop knows nothing of notify: a nested workflow, its own step names.
+
+    Run from a directory of the user's own: without --store, every round has a store of
+    its own, and none is made where the command ran."""
+    result = chaos(*SHOP, "--kill-after", "1s", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["workflow"] == "checkout"
+    by = rows(report)
+    assert set(by) == {"reserve", "charge", "pack", "email"}  # every leaf, the nested ones too
+    for name in ("reserve", "charge"):  # 0.1 s and 0.2 s: settled before the kill, run once
+        assert (by[name]["at_kill"], by[name]["executions"], by[name]["allowed"]) == ("settled", 1, "1")
+    assert by["pack"]["at_kill"] == "in flight" and by["pack"]["ran_again_after"] is not None
+    assert (by["email"]["at_kill"], by["email"]["executions"]) == ("not started", 1)
+    assert report["result"].startswith("checkout resolved")
+
+
+def test_an_app_that_is_not_ours_catches_the_runner_that_reruns_a_settled_step() -> None:
+    result = chaos(*SHOP, "--kill-after", "1s", "--json", env={"RUNNER_TEST_BREAK": "rerun-settled:reserve"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    by = rows(report)
+    assert any("executed after it settled" in p for p in by["reserve"]["problems"]), by["reserve"]
+    assert all(by[name]["problems"] == [] for name in ("charge", "pack", "email"))
+    assert report["violations"] and all(v.startswith("reserve ") for v in report["violations"])
+    shutil.rmtree(report["kept"])
 
 
 def test_bad_usage_exits_2() -> None:
@@ -186,7 +221,7 @@ def evidence(records: list[dict[str, Any]], settled: dict[int, float], *,
                    {"order_id": "r", "channels_notified": 4, "results": results})
     children = [promise(f"r.{i}", settled.get(i)) for i in range(4)]
     plan = fixed_plan(1.0, "workers")
-    return Evidence(number=1, plan=plan, root=root, children=children, event=event, t0=T0,
+    return Evidence(number=1, plan=plan, root=root, children=children, args=[event], t0=T0,
                     kill=Kill(KILL, [11], "SIGKILL of worker 11", False),
                     snapshot=Snapshot({f"r.{i}": "11@1" for i in in_flight}, set()),
                     seen=[], deaths={11: KILL}, records=records, restarts=[],
@@ -194,7 +229,8 @@ def evidence(records: list[dict[str, Any]], settled: dict[int, float], *,
 
 
 def send(position: int, pid: int, at: float) -> dict[str, Any]:
-    return {"promise_id": f"r.{position}", "pid": pid, "time": T0 + at, "channel": NOTIFY.branches[position]}
+    channel = NOTIFY.branches[position]
+    return {"effect": channel, "promise_id": f"r.{position}", "pid": pid, "time": T0 + at, "channel": channel}
 
 
 def clean_records() -> list[dict[str, Any]]:
@@ -249,3 +285,35 @@ def test_verdict_catches_an_undelivered_branch_and_a_wrong_result() -> None:
     report = judge(ev)
     assert any("never delivered" in p for p in report.branches[1].problems)
     assert report.result_problems and not report.ok
+
+
+def any_function_evidence(leaves: list[Promise], held: tuple[str, ...]) -> Evidence:
+    """A checkout (not notify) killed at KILL, whose leaves record no effects at all."""
+    root = Promise("r", State.RESOLVED, "checkout", [], None, {}, None, T0, T0 + 3, {"ok": True})
+    ev = evidence([], {}, in_flight=())
+    ev.root, ev.children, ev.scenario, ev.args = root, leaves, Scenario("checkout"), []
+    ev.snapshot = Snapshot({pid: "11@1" for pid in held}, set())
+    return ev
+
+
+def leaf(pid: str, func: str, settled_at: float | None) -> Promise:
+    state = State.RESOLVED if settled_at is not None else State.PENDING
+    return Promise(pid, state, func, [], "r", {}, None, T0, settled_at, None, 1 if settled_at else 0)
+
+
+def test_verdict_of_any_function_takes_the_stores_word_when_nothing_is_recorded() -> None:
+    """Settled after the kill while held at it: only a new claim could have settled it."""
+    leaves = [leaf("r.0", "reserve", T0 + 0.2), leaf("r.1.0", "pack", KILL + 1.0)]
+    report = judge(any_function_evidence(leaves, held=("r.1.0",)))
+    assert report.ok, report.violations
+    labels = [(b.label, b.at_kill) for b in report.branches]
+    assert labels == [("reserve .0", "settled"), ("pack .1.0", "in flight")]
+    assert report.result_line.startswith("checkout resolved")
+
+
+def test_verdict_of_any_function_catches_a_leaf_left_behind_by_the_kill() -> None:
+    leaves = [leaf("r.0", "reserve", T0 + 0.2), leaf("r.1.0", "pack", None)]
+    report = judge(any_function_evidence(leaves, held=("r.1.0",)))
+    assert report.branches[1].problems == ["never settled", "in flight at the kill, yet never ran again"]
+    assert report.branches[0].ok and not report.ok
+

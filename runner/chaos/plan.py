@@ -1,4 +1,4 @@
-"""What each chaos round does (whom to kill, when, channel delays), and the tally of rounds.
+"""What each chaos round does (whom to kill, when, the notify channels' delays), and the tally.
 
 Random rounds draw from a seeded generator, so `--seed` replays them exactly.
 """
@@ -27,7 +27,7 @@ class Plan:
 
     target: str  # "workers", "supervisor" or "store-write"
     kill_after: float  # seconds after the root is created (for store-write: a backstop)
-    delays: dict[str, float]
+    delays: dict[str, float]  # the notify scenario's channels; empty for any other function
     crash_at: str | None = None  # RUNNER_STORE_CRASH_AT for the first supervisor
     workers: int = 2
 
@@ -42,18 +42,28 @@ class Plan:
                 "crash_at": self.crash_at, "workers": self.workers}
 
 
-def fixed_plan(kill_after: float, target: str, workers: int = 2) -> Plan:
-    """Delays scaled to the kill instant: slack and sms settle before it, email and push are in flight."""
-    share = {"email": 1.25, "sms": 0.25, "slack": 0.1, "push": 1.5}
+def fixed_plan(kill_after: float, target: str, workers: int = 2, *, timed: bool = True) -> Plan:
+    """Delays scaled to the kill instant: slack and sms settle before it, email and push are in flight.
+
+    Untimed (any function but notify's): the kill instant alone; the run takes what it takes.
+    """
+    share = {"email": 1.25, "sms": 0.25, "slack": 0.1, "push": 1.5} if timed else {}
     return Plan(target, kill_after, {ch: round(kill_after * f, 3) for ch, f in share.items()}, None, workers)
 
 
-def random_plan(rng: random.Random, index: int, workers: int = 2) -> Plan:
-    """Short delays and a random instant; targets take turns: workers, supervisor, a store write."""
-    delays = {"email": rng.uniform(0.25, 0.6), "sms": rng.uniform(0.1, 0.3),
-              "slack": rng.uniform(0.05, 0.15), "push": rng.uniform(0.3, 0.8)}
-    delays = {ch: round(d, 3) for ch, d in delays.items()}
-    longest = max(delays.values())
+def random_plan(rng: random.Random, index: int, workers: int = 2, span: float | None = None) -> Plan:
+    """A random instant; targets take turns: workers, supervisor, a store write.
+
+    Without `span`, short random notify delays and an instant among them; with it (any
+    other function), no delays and an instant within the first `span` seconds.
+    """
+    if span is None:
+        delays = {"email": rng.uniform(0.25, 0.6), "sms": rng.uniform(0.1, 0.3),
+                  "slack": rng.uniform(0.05, 0.15), "push": rng.uniform(0.3, 0.8)}
+        delays = {ch: round(d, 3) for ch, d in delays.items()}
+    else:
+        delays = {}
+    longest = max(delays.values()) if span is None else span
     kind = ("workers", "supervisor", "store-write")[index % 3]
     if kind == "store-write":
         point = rng.choice(sorted(FAILPOINTS))
@@ -98,7 +108,12 @@ class Summary:
 
 
 def plans(rounds: int, *, kill_after: float, target: str, randomize: bool, seed: int,
-          workers: int = 2) -> Iterator[Plan]:
+          workers: int = 2, timed: bool = True) -> Iterator[Plan]:
+    """The rounds' plans; `timed` for the notify scenario, whose channel delays the plan sets."""
     rng = random.Random(seed)
+    span = None if timed else kill_after
     for index in range(rounds):
-        yield random_plan(rng, index, workers) if randomize else fixed_plan(kill_after, target, workers)
+        if randomize:
+            yield random_plan(rng, index, workers, span)
+        else:
+            yield fixed_plan(kill_after, target, workers, timed=timed)

@@ -1,19 +1,19 @@
-"""`runner chaos`: kill a live run at a chosen instant, then judge it from the outbox.
+"""`runner chaos`: kill a live run at a chosen instant, then judge it from what it left behind.
 
-A round starts a real supervisor (`runner start`) as a separate process, creates a
-notify workflow whose channel delays straddle the kill instant, and kills: the workers
-holding the run's claims, the supervisor with all its workers, or whichever process
-first reaches a store failpoint (a SIGKILL inside a store write). It restarts what is
-needed and waits for the run to finish. The verdict comes from evidence the store does
-not control, the outbox, where every delivery attempt leaves a line with pid and time
-(see `chaos_verdict`). While the run goes, the harness watches the store's claims, only
-to draw who ran what, and when.
+A round starts a real supervisor (`runner start`) as a separate process, creates the
+scenario's run (the notify workflow, whose channel delays straddle the kill instant, or
+any registered function with the given arguments), and kills: the workers holding the
+run's claims, the supervisor with all its workers, or whichever process first reaches a
+store failpoint (a SIGKILL inside a store write). It restarts what is needed and waits
+for the run to finish. While the run goes, the harness watches the store's claims (who
+ran what, when, under which fencing counter); afterwards it reads the run's promises and
+the effects journal (runner.effects), which the functions write outside the store, with
+pid and time. `verdict` judges the two together.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -27,13 +27,14 @@ from typing import Any
 
 from runner.store import Promise, PromiseStore, State, StoreError, Task, open_store
 
+from .. import effects
 from ..errors import RunnerError
 from ..invoke import submit
 from ..owners import gone, owner_pid
 from ..registry import Registry
 from ..worker import die_with_parent
 from .plan import Plan, Summary
-from .verdict import NOTIFY, Evidence, Kill, Report, Seen, Snapshot, judge
+from .verdict import Evidence, Kill, Report, Scenario, Seen, Snapshot, judge
 
 TARGETS = ("workers", "supervisor")
 CRASH_ENV = "RUNNER_STORE_CRASH_AT"  # store/faults.py: SIGKILL at the N-th hit of a named point
@@ -76,16 +77,16 @@ class Round:
     """One run of the workflow with one kill, observed from outside, then judged."""
 
     def __init__(self, plan: Plan, number: int, store_dir: Path, workdir: Path, *,
-                 registry: Registry, apps: Sequence[str] = (), workflow: str = "notify_all") -> None:
+                 registry: Registry, scenario: Scenario, apps: Sequence[str] = ()) -> None:
         self.plan = plan
         self.number = number
         self.store_dir = store_dir
         self.workdir = workdir
         self.apps = list(apps)
         self.registry = registry
-        self.workflow = workflow
+        self.scenario = scenario
         self.root = f"chaos-{uuid.uuid4().hex[:10]}"
-        self.outbox = workdir / "outbox.jsonl"
+        self.journal = workdir / effects.JOURNAL_NAME
         self.started: list[Started] = []
         self.seen: dict[tuple[str, int], Seen] = {}
         self.deaths: dict[int, float] = {}
@@ -106,8 +107,8 @@ class Round:
         snapshot: Snapshot | None = None
         try:
             first = self._launch(self.plan.crash_at)
-            event = {"order_id": self.root, "delays": self.plan.delays}
-            t0 = self._create(event).created_at
+            args = self.scenario.run_args(self.root, self.plan)
+            t0 = self._create(args).created_at
             try:
                 kill, snapshot = self._kill_phase(first, watch, t0)
                 deadline = time.time() + self._run_budget()
@@ -118,33 +119,46 @@ class Round:
             except StoreError as exc:  # after a crash the store must open and read: invariant 6
                 self.problems.append(f"the store failed after the crash: {exc}")
             records = self._records()
-            root, children = self._final(event, t0)
+            root, children = self._final(args, t0)
         finally:
             watch.close()
             self._stop_all()
             self.store.close()
         evidence = Evidence(
-            number=self.number, plan=self.plan, root=root, children=children, event=event, t0=t0,
+            number=self.number, plan=self.plan, root=root, children=children, args=args, t0=t0,
             kill=kill, snapshot=snapshot, seen=list(self.seen.values()), deaths=self.deaths,
             records=records, restarts=[(s.launched, s.up) for s in self.started[1:]],
             store=str(self.store_dir), workdir=str(self.workdir), problems=self.problems, notes=self.notes,
-            scenario=NOTIFY)
+            scenario=self.scenario)
         return judge(evidence)
 
-    def _final(self, event: dict[str, Any], t0: float) -> tuple[Promise, list[Promise]]:
+    def _final(self, args: list[Any], t0: float) -> tuple[Promise, list[Promise]]:
+        """The root and the leaves to judge: every promise of the run that is not a workflow."""
         try:
             root = self.store.get(self.root)
             if root is not None:
-                return root, self.store.children(self.root)
+                return root, [p for p in [root, *self._descendants()] if not self._is_workflow(p.func)]
             self.problems.append(f"the root promise {self.root} is gone from the store")
         except StoreError as exc:
             self.problems.append(f"the store cannot be read after the crash: {exc}")
-        return Promise(self.root, State.PENDING, self.workflow, [event], None, {}, None, t0), []
+        return Promise(self.root, State.PENDING, self.scenario.workflow, args, None, {}, None, t0), []
+
+    def _descendants(self) -> list[Promise]:
+        """Every promise below the root, parents before their children."""
+        found, index = self.store.children(self.root), 0
+        while index < len(found):
+            found += self.store.children(found[index].id)
+            index += 1
+        return found
+
+    def _is_workflow(self, func: str) -> bool:
+        """A workflow replays by design, so only the leaves are judged by their executions."""
+        return func in self.registry.names() and self.registry.lookup(func).is_workflow
 
     # -- the phases ----------------------------------------------------------------
 
-    def _create(self, event: dict[str, Any]) -> Promise:
-        return submit(self.store, self.registry, self.workflow, [event], self.root)
+    def _create(self, args: list[Any]) -> Promise:
+        return submit(self.store, self.registry, self.scenario.workflow, args, self.root)
 
     def _kill_phase(self, first: Started, watch: Any, t0: float) -> tuple[Kill | None, Snapshot | None]:
         crash = self.plan.crash_at is not None
@@ -217,7 +231,7 @@ class Round:
         claims = [t for t in self.store.claims() if self._ours(t.id)]
         owners = {t.id: t.owner for t in claims if t.owner}
         started = set(owners)
-        for child in self.store.children(self.root):
+        for child in self._descendants():
             if not child.settled and child.id not in started:
                 task = self.store.task(child.id)
                 if task is not None and task.counter > 0:
@@ -225,7 +239,7 @@ class Round:
         return Snapshot(owners=owners, started=started)
 
     def _run_budget(self) -> float:
-        return 20.0 + 4 * (self.plan.kill_after + max(self.plan.delays.values()))
+        return 20.0 + 4 * (self.plan.kill_after + max(self.plan.delays.values(), default=0.0))
 
     def _why_not(self) -> str:
         dead = [s for s in self.started if not s.alive()]
@@ -270,18 +284,8 @@ class Round:
             seen.last = now
 
     def _records(self) -> list[dict[str, Any]]:
-        """The run's lines of the outbox (format: examples/notify.py, one JSON object a line)."""
-        try:
-            lines = self.outbox.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        records = []
-        for line in lines:
-            with contextlib.suppress(ValueError):  # a line cut by a SIGKILL mid-write: not a send
-                record = json.loads(line)
-                if isinstance(record, dict) and self._ours(str(record.get("promise_id", ""))):
-                    records.append(record)
-        return records
+        """The run's lines of the effects journal (a line cut by a SIGKILL mid-write is no effect)."""
+        return [r for r in effects.read(self.journal) if self._ours(str(r.get("promise_id", "")))]
 
     # -- processes -----------------------------------------------------------------
 
@@ -292,7 +296,7 @@ class Round:
         for app in self.apps:
             cmd += ["--app", app]
         env = dict(os.environ)
-        env["NOTIFY_OUTBOX"] = str(self.outbox)  # outside the store: evidence the store cannot touch
+        env[effects.JOURNAL_ENV] = str(self.journal)  # outside the store: evidence the store cannot touch
         env.pop(CRASH_ENV, None)
         if crash_at:
             env[CRASH_ENV] = crash_at
@@ -339,14 +343,14 @@ class Round:
 
 
 def run_rounds(plan_list: Iterator[Plan], *, workdir: Path, store_dir: Path | None, registry: Registry,
-               apps: Sequence[str] = (), workflow: str = "notify_all",
+               scenario: Scenario, apps: Sequence[str] = (),
                on_report: Callable[[Report], None] = lambda _: None) -> tuple[list[Report], Summary]:
     """Run every round in turn (each in a fresh store unless one is given)."""
     reports, summary = [], Summary()
     for number, plan in enumerate(plan_list, 1):
         round_dir = workdir / f"round-{number:03d}"
         store = store_dir if store_dir is not None else round_dir / "store"
-        report = Round(plan, number, store, round_dir, registry=registry, apps=apps, workflow=workflow).run()
+        report = Round(plan, number, store, round_dir, registry=registry, scenario=scenario, apps=apps).run()
         summary.add(report)
         reports.append(report)
         on_report(report)

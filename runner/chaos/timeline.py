@@ -1,7 +1,7 @@
 """Pictures of a chaos round: a self-contained SVG, and a compact text timeline.
 
 One lane per branch (and one for the workflow), one bar per attempt labelled with
-its worker's pid, a marker for every send the outbox saw, and the kill instant as
+its worker's pid, a marker for every effect the journal recorded, and the kill instant as
 a vertical line, so the recovery shows at a glance.
 """
 
@@ -18,8 +18,8 @@ COLORS = {
     "unobserved": "#6a1b9a", "after-settled": "#ef6c00", "step": "#455a64",
 }
 LEGEND = [
-    ("settled", "attempt that settled the branch"), ("killed", "attempt killed by SIGKILL"),
-    ("after-settled", "run after the branch settled (violation)"), ("step", "workflow step"),
+    ("settled", "attempt that settled it"), ("killed", "attempt killed by SIGKILL"),
+    ("after-settled", "run after it settled (violation)"), ("step", "workflow step"),
 ]
 FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
 Scale = Callable[[float], float]  # seconds from the start -> x in the picture
@@ -28,7 +28,7 @@ Scale = Callable[[float], float]  # seconds from the start -> x in the picture
 def _end(report: Report) -> float:
     times = [report.wall or 0.0, report.kill_at or 0.0]
     times += [a.end for lane in report.lanes for a in lane.attempts]
-    times += [t for lane in report.lanes for a in lane.attempts for t in a.sends]
+    times += [t for lane in report.lanes for a in lane.attempts for t in a.effects]
     return max(max(times), 0.05)
 
 
@@ -43,7 +43,7 @@ def _tick_step(span: float) -> float:
 
 
 def text_timeline(report: Report, width: int = 64) -> list[str]:
-    """Lanes of characters: letters are worker pids, X a kill, * a send, ! a send after settling."""
+    """Lanes of characters: letters are worker pids, X a kill, * an effect, ! an effect after settling."""
     span = _end(report)
     per = span / width
     pids = sorted({a.pid for lane in report.lanes for a in lane.attempts})
@@ -56,7 +56,7 @@ def text_timeline(report: Report, width: int = 64) -> list[str]:
     lines = [f"timeline: 0 to {span:.2f} s, one column = {per * 1000:.0f} ms"
              + ("" if kill_col is None else f"; | = kill at {report.kill_at:.2f} s"),
              "  " + ", ".join(f"{letter[p]} = pid {p}" for p in pids)
-             + "; X = killed, * = send in the outbox, ! = send after it settled"]
+             + "; X = killed, * = effect recorded, ! = effect after it settled"]
     for lane in report.lanes:
         row = [" "] * width
         if lane.created is not None:
@@ -71,7 +71,7 @@ def text_timeline(report: Report, width: int = 64) -> list[str]:
         for attempt in lane.attempts:  # marks after every bar, so a later bar never hides one
             if attempt.outcome == "killed":
                 row[col(attempt.end)] = "X"
-            for t in attempt.sends:
+            for t in attempt.effects:
                 row[col(t)] = "!" if attempt.outcome == "after-settled" else "*"
         lines.append(f"{lane.label[:14]:<14} {''.join(row).rstrip()}")
     return lines
@@ -141,8 +141,9 @@ def _subtitle(report: Report) -> str:
         parts.append(f"slowest branch {report.slowest[0]} {report.slowest[1]:.2f} s")
     if report.downtime is not None:
         parts.append(f"downtime {report.downtime:.2f} s")
-    delays = ", ".join(f"{ch} {d:g} s" for ch, d in report.plan.delays.items())
-    return " · ".join(parts) + f" · delays: {delays}"
+    if report.plan.delays:
+        parts.append("delays: " + ", ".join(f"{ch} {d:g} s" for ch, d in report.plan.delays.items()))
+    return " · ".join(parts)
 
 
 def _short_kill(report: Report) -> str:
@@ -179,8 +180,8 @@ def _lane(report: Report, lane: Lane, top: int, x: Scale) -> list[str]:
     else:
         color = "#2e7d32" if branch.ok else "#c62828"
         mark = "✓" if branch.ok else "✗"
-        sends = f"{branch.executions} send{'s' if branch.executions != 1 else ''}"
-        out.append(_text(right, mid - 3, f"{mark} {sends} (allowed {branch.allowed_text})", size=12,
+        runs = f"{branch.executions} run{'s' if branch.executions != 1 else ''}"
+        out.append(_text(right, mid - 3, f"{mark} {runs} (allowed {branch.allowed_text})", size=12,
                          weight="bold", fill=color))
         detail = f"{branch.at_kill} at the kill"
         if branch.ran_again_after is not None:
@@ -208,7 +209,7 @@ def _bar(attempt: Attempt, mid: float, x: Scale, label_end: float) -> tuple[list
         label_end = x0 + 6.2 * len(label)
     else:
         out.append(_text(x0, y + h + 11, label, size=10, fill=color))
-    for t in attempt.sends:
+    for t in attempt.effects:
         sx = x(t)
         out.append(f'<path d="M{sx:.1f},{mid - 7:.1f} l6,7 l-6,7 l-6,-7 z" fill="#ffffff" stroke="#212121" '
                    'stroke-width="1.5"/>')
@@ -232,7 +233,7 @@ def _legend(left: float, top: float) -> list[str]:
         cursor += 34 + 6.6 * len(text)
     out.append(f'<path d="M{cursor + 6},{top - 11} l6,7 l-6,7 l-6,-7 z" fill="#ffffff" stroke="#212121" '
                'stroke-width="1.5"/>')
-    out.append(_text(cursor + 18, top, "send seen in the outbox", size=12, fill="#333"))
+    out.append(_text(cursor + 18, top, "effect in the journal", size=12, fill="#333"))
     out.append('<line x1="{0}" y1="{1}" x2="{0}" y2="{2}" stroke="#c62828" stroke-width="2" '
                'stroke-dasharray="6 4"/>'.format(left + 4, top + 12, top + 30))
     out.append(_text(left + 14, top + 26, "kill instant", size=12, fill="#333"))

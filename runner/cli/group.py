@@ -45,8 +45,13 @@ class Env:
 
     def open(self, *, load: bool = True) -> tuple[DirStore, Registry]:
         if load:
-            load_apps(self.apps)
+            self.load()
         return open_store(str(self.store_dir)), registry
+
+    def load(self) -> Registry:
+        """Import the app modules, so their functions are registered by name."""
+        load_apps(self.apps)
+        return registry
 
 
 def _store_path(ctx: click.Context, param: click.Parameter, value: str) -> Path:
@@ -77,6 +82,8 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc), exc.exit_code)
         except (RunnerError, StoreError) as exc:
             fail(str(exc), EXIT_STORE)
+        except BrokenPipeError:  # the reader went away (`| head`): main() stops quietly
+            raise
         except OSError as exc:  # a path the system refuses (too long, a loop of links, ...)
             fail(os_error_line(exc), EXIT_STORE)
 
