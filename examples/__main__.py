@@ -20,7 +20,7 @@ from typing import Any
 from examples.notify import read_outbox
 
 ROOT = Path(__file__).resolve().parent.parent
-APPS = "examples.notify,examples.fan_out,examples.fanout_rpc,examples.factorial"
+APPS = "examples.notify,examples.fan_out,examples.fanout_rpc,examples.factorial,examples.quotes"
 TIMEOUT = 120.0
 
 
@@ -85,6 +85,13 @@ EXAMPLES = [
         check_equal({"delivered": [{"channel": c, "ok": True} for c in CHANNELS]}),
     ),
     Example("factorial(20)", "factorial", [20], check_equal(2432902008176640000)),
+    Example(
+        "best_quote (first good answer, nobody approves in 1 s)",
+        "best_quote",
+        [{"id": "q-1", "item": "lamp"}, None, 2.0, 1.0],
+        check_equal({"request": "q-1", "quote": {"provider": "quick", "item": "lamp", "price": 42},
+                     "approved": False, "why": "no approval in time"}),
+    ),
 ]
 
 

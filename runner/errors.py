@@ -211,3 +211,29 @@ class NoSupervisor(RunnerError):
 
 class SupervisorFailed(RunnerError):
     """A local supervisor did not come up (it exited, or its workers were not all forked in time)."""
+
+
+_DURABLE = {  # what a workflow uses instead of an asyncio call
+    "gather": "ctx.all(handles)", "sleep": "ctx.sleep(seconds)",
+    "wait_for": "ctx.race([handle, ctx.sleep(seconds)])", "timeout": "ctx.race([handle, ctx.sleep(seconds)])",
+    "wait": "ctx.any(handles), ctx.race(handles) or ctx.as_completed(handles)",
+    "as_completed": "ctx.as_completed(handles)", "create_task": "ctx.run(fn, *args)",
+    "ensure_future": "ctx.run(fn, *args)", "shield": "ctx.run(fn, *args)",
+}
+
+
+class AsyncioInWorkflow(RunnerError, TypeError):
+    """A workflow used asyncio's own scheduling, which nothing records: on a replay or after
+    a crash it would run again, or be lost. The message names the ctx call to use."""
+
+    @classmethod
+    def called(cls, function: str, attribute: str) -> AsyncioInWorkflow:
+        what = f"asyncio.{function}()" if function else f"the event loop's {attribute}"
+        instead = _DURABLE.get(function, "ctx.run, ctx.sleep, ctx.all, ctx.any or ctx.race")
+        return cls(f"a workflow cannot use {what}: nothing would record it; use {instead}")
+
+    @classmethod
+    def awaited(cls, workflow: str, yielded: object) -> AsyncioInWorkflow:
+        what = "asyncio.sleep(0) or a bare yield" if yielded is None else repr(yielded)
+        return cls(f"workflow {workflow} awaited {what}: a workflow may only await ctx handles "
+                   f"(ctx.run, ctx.sleep, ctx.all, ctx.any, ctx.race)")

@@ -7,8 +7,18 @@ check it without waiting.
 
 from __future__ import annotations
 
+import builtins
+import logging
 import math
+import sys
 from dataclasses import dataclass
+from typing import Any
+
+from runner.store import Promise
+
+log = logging.getLogger(__name__)
+
+RETRY_TAG = "retry"  # the tag a child given its own policy (ctx.run(...).options(retry=...)) stores it in
 
 
 @dataclass(frozen=True)
@@ -57,3 +67,40 @@ class Retry:
         except OverflowError:  # a late attempt of a long policy: the cap applies anyway
             wait = math.inf if self.delay else 0.0
         return min(wait, self.max_delay)
+
+    def stored(self) -> dict[str, Any]:
+        """The policy as the store holds it: the classes not to retry by name, never by reference."""
+        return {"attempts": self.attempts, "delay": self.delay, "backoff": self.backoff,
+                "max_delay": self.max_delay,
+                "non_retryable": [f"{c.__module__}.{c.__qualname__}" for c in self.non_retryable]}
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> Retry:
+        """The policy a child stored; a class not to retry is found among the modules this
+        process imported (a module named by stored data is never imported)."""
+        classes = [found for name in stored.get("non_retryable", []) if (found := _imported(name))]
+        return cls(stored["attempts"], stored["delay"], stored["backoff"], stored["max_delay"],
+                   tuple(classes))
+
+
+def policy_of(promise: Promise, default: Retry) -> Retry:
+    """The child's own policy when it has one (any worker reads the same), else `default`."""
+    stored = promise.tags.get(RETRY_TAG)
+    if not isinstance(stored, dict):
+        return default
+    try:
+        return Retry.from_stored(stored)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("%s: its stored retry policy does not read (%s); the function's applies", promise.id, exc)
+        return default
+
+
+def _imported(name: str) -> type[BaseException] | None:
+    module_name, _, qualname = name.rpartition(".")
+    found: Any = builtins if module_name == "builtins" else sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if isinstance(found, type) and issubclass(found, BaseException):
+        return found
+    log.warning("retry policy: %s is not an imported exception class; it is retried", name)
+    return None

@@ -31,6 +31,7 @@ from runner.store.lockholder import is_stopped
 from .errors import SupervisorRunning, UnknownFunction, WorkerDied
 from .owners import owner_id
 from .registry import Registry
+from .retry import policy_of
 from .worker import EXIT_STORE_FAILED, EXIT_STORE_FULL, die_with_parent, exit_store_failed, run_worker
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class Supervisor:
         self._full_said_at = -math.inf
         self._embedded = False
         self._pipe: tuple[int, int] | None = None
+        # Workers write a byte here when they wrote a timer: the loop then reads the store to
+        # learn when the next timer is due, and sleeps until then (no polling loop).
+        self._poke: tuple[int, int] | None = None
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         """Supervise until a signal (or `until()` turns true), then drain and return."""
@@ -91,6 +95,7 @@ class Supervisor:
         # under `runner start`, it is waited out, calmly, until space returns.
         self._embedded = until is not None
         previous = self._install_signals()
+        self._poke = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         watch = self.store.watch() if until is not None else None
         watchdog = LockWatchdog(self.store, lambda: set(self.workers))
         watchdog.start()
@@ -99,7 +104,9 @@ class Supervisor:
                 self._spawn()
             next_tick = time.monotonic() + TICK
             while self.workers or self._restart_at:
-                self._wait(watch, min(next_tick, *self._restart_at, time.monotonic() + TICK))
+                self._fire_timers()  # first of all: those that came due while no supervisor ran
+                self._wait(watch, min(next_tick, *self._restart_at, time.monotonic() + TICK,
+                                      self._next_timer()))
                 self._reap()
                 self._restart_due()
                 if self._signals >= 1 or (until is not None and until()):
@@ -116,6 +123,8 @@ class Supervisor:
             self._kill_all()
             self._reap(block=True)
             self._restore_signals(previous)
+            _close_pipe(self._poke)
+            self._poke = None
 
     # -- signals -------------------------------------------------------------
 
@@ -147,23 +156,48 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
-        if self._pipe is not None:
-            for fd in self._pipe:
-                os.close(fd)
-            self._pipe = None
+        _close_pipe(self._pipe)
+        self._pipe = None
 
     def _wait(self, watch: Watchable | None, deadline: float) -> None:
-        assert self._pipe is not None
-        fds: list[Any] = [self._pipe[0]] + ([watch] if watch is not None else [])
+        assert self._pipe is not None and self._poke is not None
+        fds: list[Any] = [self._pipe[0], self._poke[0]] + ([watch] if watch is not None else [])
         readable, _, _ = select.select(fds, [], [], max(0.0, deadline - time.monotonic()))
         if self._pipe[0] in readable:
-            try:
-                while os.read(self._pipe[0], 512):
-                    pass
-            except BlockingIOError:
-                pass
+            _drain(self._pipe[0])
+        if self._poke[0] in readable:
+            _drain(self._poke[0])
+            self._store_call(self.store.refresh)  # to see the new timers
         if watch is not None and watch in readable:
             watch.drain()
+
+    # -- timers ------------------------------------------------------------------
+
+    def _next_timer(self) -> float:
+        """The monotonic time the earliest timer is due (far off when there is none)."""
+        due = self.store.next_timer()
+        if due is None:
+            return math.inf
+        return time.monotonic() + (due - time.time())
+
+    def _fire_timers(self) -> None:
+        """Resolve the timers that are due; whoever sleeps on one is woken in the same frame."""
+        due = self.store.next_timer()
+        if due is not None and due <= time.time():
+            fired = self._store_call(self.store.fire_timers)
+            log.debug("fired %d timers", len(fired or ()))
+
+    def _poke_fn(self) -> Callable[[], None] | None:
+        """What a worker calls after writing a timer: a byte down the poke pipe."""
+        if self._poke is None:
+            return None
+        fd = self._poke[1]
+
+        def poke() -> None:
+            with contextlib.suppress(BlockingIOError):  # full: a wake-up is already pending
+                os.write(fd, b"t")
+
+        return poke
 
     # -- workers -------------------------------------------------------------
 
@@ -187,13 +221,14 @@ class Supervisor:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_SIGNALS)
-            if self._pipe is not None:
-                for fd in self._pipe:
-                    os.close(fd)
+            _close_pipe(self._pipe)
+            if self._poke is not None:
+                os.close(self._poke[0])
             self.store.close()  # its descriptors are the supervisor's; closing never unlocks
             die_with_parent(parent)
             store = open_store(str(self.store_dir), lease=self.lease)
-            run_worker(store, self.store_dir, self.registry, concurrency=self.concurrency, lease=self.lease)
+            run_worker(store, self.store_dir, self.registry, concurrency=self.concurrency, lease=self.lease,
+                       poke=self._poke_fn())
             code = 0
         except StoreIOError as exc:  # a claim's write, say, outside any one task
             exit_store_failed(exc)
@@ -261,9 +296,13 @@ class Supervisor:
 
     def _sweep(self) -> None:
         """The tick's backstop: deaths nobody saw, deadlines, and claims a full disk kept."""
+        self._store_call(self._give_back)
+        self._store_call(lambda: self.store.expire(decide=self.after_death))
+
+    def _store_call(self, call: Callable[[], Any]) -> Any:
+        """A write of the loop's own; on a full disk, said now and then and tried again later."""
         try:
-            self._give_back()
-            self.store.expire(decide=self.after_death)
+            return call()
         except StoreFull as exc:
             if self._embedded:
                 raise
@@ -271,6 +310,7 @@ class Supervisor:
             if now >= self._full_said_at + STORE_PAUSE_MAX * 2:
                 self._full_said_at = now
                 log.warning("%s; the supervisor goes on and retries", exc)
+            return None
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -318,7 +358,7 @@ class Supervisor:
         that kills its worker cannot crash-loop faster than its backoff.
         """
         try:
-            policy = self.registry.lookup(promise.func).retry
+            policy = policy_of(promise, self.registry.lookup(promise.func).retry)
         except UnknownFunction:
             return 0.0  # the worker that claims it rejects it by name
         delay = policy.next_delay(task.attempt, WorkerDied(promise.id, error.get("message", "")))
@@ -372,6 +412,17 @@ class LockWatchdog:
                           "store", pid, now - since)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def _close_pipe(pipe: tuple[int, int] | None) -> None:
+    for fd in pipe or ():
+        os.close(fd)
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 512):
+            pass
 
 
 def _describe(status: int) -> str:

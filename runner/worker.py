@@ -21,13 +21,16 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
 
 from runner.store import (
+    TIMER,
     Claim,
     Completion,
+    NewPromise,
     PromiseStore,
     StaleClaim,
     State,
@@ -43,7 +46,7 @@ from .errors import NonDeterminism, RunnerError
 from .owners import owner_id
 from .parked import resume_hint
 from .registry import Registered, Registry
-from .retry import Retry
+from .retry import Retry, policy_of
 from .workflow import Failed, Finished, RunCache, Waiting, WorkflowRun
 
 log = logging.getLogger(__name__)
@@ -87,7 +90,7 @@ def die_with_parent(parent: int) -> None:
 
 class Worker:
     def __init__(self, store: PromiseStore, store_dir: Path, registry: Registry, *,
-                 owner: str, concurrency: int, lease: float) -> None:
+                 owner: str, concurrency: int, lease: float, poke: Callable[[], None] | None = None) -> None:
         self.store = store
         self.store_dir = store_dir
         self.registry = registry
@@ -102,6 +105,7 @@ class Worker:
         self._rerun_settled = rerun_settled_fault()
         self._wake: asyncio.Event | None = None
         self._batch: list[tuple[Completion, asyncio.Future[None]]] = []
+        self.poke = poke  # wakes the supervisor, which fires the timers
 
     # -- the loop ------------------------------------------------------------
 
@@ -216,7 +220,7 @@ class Worker:
             except RunnerError as exc:
                 self._finish(claim, State.REJECTED, error_value(exc))
                 return
-            policy = entry.retry
+            policy = policy_of(claim.promise, entry.retry)
             if entry.is_workflow:
                 self._run_workflow(claim, entry)
             else:
@@ -316,7 +320,7 @@ class Worker:
 
             value, error = await asyncio.get_running_loop().run_in_executor(self._executor, call)
         if error is not None:
-            if not self._retried(claim, entry.retry, error):
+            if not self._retried(claim, policy_of(claim.promise, entry.retry), error):
                 await self._finish_leaf(claim, State.REJECTED, error_value(error))
             return
         await self._finish_leaf(claim, State.RESOLVED, value)
@@ -325,20 +329,17 @@ class Worker:
             await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def _run_workflow(self, claim: Claim, entry: Registered) -> None:
-        """Step the workflow until it finishes or waits on a child that has not settled."""
-        run = self.cache.take(claim.id, claim.counter)
-        # The claim just caught up with the log, and a child's settling and its parent's
-        # wake-up are one frame: what we have read already shows the child settled.
-        settled = None if run is None else self.store.get(run.waiting_on, fresh=False)
-        if run is not None and (settled is None or not settled.settled):
-            run.close()  # woken for another reason than its child: start over
-            run, settled = None, None
-        if run is None:
-            run = self._replay(claim, entry)
+        """Step the workflow until it finishes or waits on children whose condition does not hold.
+
+        A run kept in memory resumes where it stopped: its await checks again what it
+        waits on (the claim just caught up with the log), and suspends again if the
+        store woke it for another reason.
+        """
+        run = self.cache.take(claim.id, claim.counter) or self._replay(claim, entry)
         if run is None:
             return
         while True:
-            step = run.step(settled)
+            step = run.step()
             if run.ctx.diverged is not None:  # even if the workflow caught the NonDeterminism
                 if isinstance(step, Waiting):
                     run.close()
@@ -352,12 +353,19 @@ class Worker:
                     log.info("%s: workflow failed: %r", claim.id, step.error)
                 self._finish(claim, State.REJECTED, error_value(step.error))
                 return
-            if self.store.suspend(claim.id, claim.counter, [step.child], creates=run.ctx.take_new(),
-                                  affinity=self.owner):
-                run.counter, run.waiting_on = claim.counter, step.child
+            creates = run.ctx.take_new()
+            waits = self.store.suspend(claim.id, claim.counter, step.children, creates=creates,
+                                       affinity=self.owner, wake=step.wake)
+            self._timers_created(creates)
+            if waits:
+                run.counter = claim.counter
                 self.cache.put(claim.id, run)
                 return
-            settled = self.store.get(step.child, fresh=False)  # suspend() read it settled
+
+    def _timers_created(self, creates: list[NewPromise]) -> None:
+        """Tell the supervisor a timer was written, so it looks at when the next one is due."""
+        if self.poke is not None and any(new.func == TIMER for new in creates):
+            self.poke()
 
     def _park(self, claim: Claim, error: NonDeterminism) -> None:
         """Hold the workflow with its error instead of rejecting it: fixed code resumes it.
@@ -411,9 +419,10 @@ def _storable(state: State, value: Any) -> tuple[State, Any]:
 
 
 def run_worker(store: PromiseStore, store_dir: Path, registry: Registry, *, concurrency: int,
-               lease: float) -> None:
+               lease: float, poke: Callable[[], None] | None = None) -> None:
     """The body of a forked worker process."""
     owner = owner_id(os.getpid())
-    worker = Worker(store, store_dir, registry, owner=owner, concurrency=concurrency, lease=lease)
+    worker = Worker(store, store_dir, registry, owner=owner, concurrency=concurrency, lease=lease,
+                    poke=poke)
     log.debug("worker %s serving", owner)
     asyncio.run(worker.serve())

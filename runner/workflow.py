@@ -9,14 +9,17 @@ coroutine where it stopped; anyone else replays it from the top.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from runner.store import Promise
+from runner.store import Wake
 
-from .context import Context, Handle
+from .context import Context, Wait
+from .errors import AsyncioInWorkflow
+from .noloop import NO_LOOP
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,8 @@ class Failed:
 
 @dataclass(slots=True)
 class Waiting:
-    child: str
+    children: tuple[str, ...]
+    wake: Wake
 
 
 Step = Finished | Failed | Waiting
@@ -48,18 +52,23 @@ class WorkflowRun:
         self.ctx = ctx
         self.coro = coro
         self.counter = 0  # the claim counter it last suspended under
-        self.waiting_on = ""  # the child it awaits
 
-    def step(self, settled: Promise | None = None) -> Step:
-        """Run until the next unsettled await, the end, or an error.
+    def step(self) -> Step:
+        """Run until the next await whose condition does not hold yet, the end, or an error.
 
         Whatever the coroutine raises fails this attempt, BaseException included: a
         workflow's `sys.exit()` or `raise KeyboardInterrupt` is its own error, never the
         worker's (a worker ignores SIGINT; its shutdown never interrupts a step, which runs
         to its next await without yielding to the loop).
+
+        The step runs with NO_LOOP as the running event loop: asyncio.gather, sleep or
+        wait_for called by the workflow ask it for the loop and get a clear error, before
+        anything is scheduled on the worker's real loop.
         """
+        previous = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(NO_LOOP)
         try:
-            yielded = self.coro.send(settled)
+            yielded = self.coro.send(None)
         except StopIteration as stop:
             try:
                 self.ctx.check_complete()
@@ -68,11 +77,12 @@ class WorkflowRun:
             return Finished(stop.value)
         except BaseException as exc:
             return Failed(exc)
-        if not isinstance(yielded, Handle):
+        finally:
+            asyncio.events._set_running_loop(previous)
+        if not isinstance(yielded, Wait):
             self.close()
-            return Failed(TypeError(
-                f"workflow {self.ctx.id} awaited {yielded!r}: a workflow may only await ctx handles"))
-        return Waiting(yielded.id)
+            return Failed(AsyncioInWorkflow.awaited(self.ctx.id, yielded))
+        return Waiting(yielded.ids, yielded.wake)
 
     def close(self) -> None:
         """Drop the coroutine; whatever its `finally` blocks do about it is not our failure.

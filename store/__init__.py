@@ -20,7 +20,21 @@ from .errors import (
 )
 from .history import Execution, History, open_history
 from .interface import PromiseStore
-from .types import MAX_ID_BYTES, Claim, Completion, NewPromise, Page, Promise, State, Stats, Task, TaskState
+from .types import (
+    MAX_ID_BYTES,
+    TIMER,
+    TIMER_DUE,
+    Claim,
+    Completion,
+    NewPromise,
+    Page,
+    Promise,
+    State,
+    Stats,
+    Task,
+    TaskState,
+    Wake,
+)
 
 
 def open_store(path: str, **options: float) -> DirStore:
@@ -28,11 +42,9 @@ def open_store(path: str, **options: float) -> DirStore:
 
 
 __all__ = [
-    "DEFAULT_LEASE", "MAX_ID_BYTES", "Claim", "Completion", "CorruptStore", "DirStore", "Execution",
-    "History", "InvalidId",
-    "NewPromise",
+    "DEFAULT_LEASE", "MAX_ID_BYTES", "TIMER", "TIMER_DUE", "Claim", "Completion", "CorruptStore", "DirStore",
+    "Execution", "History", "InvalidId", "NewPromise",
     "NotFound", "NotSerializable", "Page", "Promise", "PromiseStore", "StaleClaim", "State", "Stats",
     "StoreError", "StoreFormatError", "StoreFull", "StoreIOError", "StoreUnavailable", "Task",
-    "TaskState", "check_id", "normalize", "normalize_packed", "open_history", "open_store",
-    "pack",
+    "TaskState", "Wake", "check_id", "normalize", "normalize_packed", "open_history", "open_store", "pack",
 ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from .state import (
     promise_to_list,
     timeout_error,
 )
-from .types import Claim, Completion, NewPromise, Page, Promise, State, Stats, Task, TaskState
+from .types import Claim, Completion, NewPromise, Page, Promise, State, Stats, Task, TaskState, Wake
 
 DEFAULT_LEASE = 30.0  # seconds; heartbeats extend it, a seen death releases at once
 AFFINITY_GRACE = 1.0  # seconds a woken workflow waits for the worker that has it in memory
@@ -100,9 +101,9 @@ class DirStore(Replica):
 
     def search(self, *, state: State | None = None, parent: str | None = None,
                prefix: str | None = None, limit: int = 100, cursor: int = 0,
-               now: float | None = None) -> Page:
-        """Promises in creation order, filtered, each as `get` sees it at `now`; page with
-        the returned cursor."""
+               now: float | None = None, tags: Mapping[str, Any] | None = None) -> Page:
+        """Promises in creation order, filtered (`tags`: each of these tags has this value),
+        each as `get` sees it at `now`; page with the returned cursor."""
         now = time.time() if now is None else now
         with self._locked():
             seen = self.state.seen
@@ -110,8 +111,10 @@ class DirStore(Replica):
                 pool = [seen(self.state.promises[c], now) for c in self.state.children.get(parent, ())]
             else:
                 pool = [seen(p, now) for p in self.state.promises.values()]
+        wanted = list((tags or {}).items())
         matches = [p for p in pool[cursor:] if (state is None or p.state is state)
-                   and (prefix is None or p.id.startswith(prefix))]
+                   and (prefix is None or p.id.startswith(prefix))
+                   and all(k in p.tags and p.tags[k] == v for k, v in wanted)]
         items = matches[:limit]
         if len(matches) <= limit:
             return Page(items, None)
@@ -191,6 +194,23 @@ class DirStore(Replica):
         with self._mutex:
             return self.state.delayed[0][0] if self.state.delayed else None
 
+    def next_timer(self) -> float | None:
+        """When the earliest pending timer is due, as last read (refresh() first to see new ones)."""
+        with self._mutex:
+            return self.state.next_timer()
+
+    def fire_timers(self, now: float | None = None) -> list[str]:
+        """Resolve every timer due by `now`, settled at `now`, waking who waits on it.
+
+        A timer resolves at its time; a deadline is another thing: one that passed first
+        times the timer out instead (see _settle_op), as it would any pending promise.
+        """
+        now = time.time() if now is None else now
+        with self._locked():
+            ops = [self._settle_op(pid, State.RESOLVED, None, now) for pid in self.state.due_timers(now)]
+            self._commit(ops)
+            return [op[1] for op in ops]
+
     def heartbeat(self, owner: str, now: float | None = None, *, lease: float | None = None,
                   ids: Sequence[str] | None = None) -> int:
         """Extend the leases `owner` holds (only those of `ids`, if given); returns how many.
@@ -266,11 +286,12 @@ class DirStore(Replica):
 
     def suspend(self, promise_id: str, counter: int, awaiting: Sequence[str],
                 now: float | None = None, *, creates: Sequence[NewPromise] = (),
-                affinity: str | None = None) -> bool:
-        """Release a workflow's claim until one of `awaiting` settles, creating its new children.
+                affinity: str | None = None, wake: Wake = Wake.FIRST) -> bool:
+        """Release a workflow's claim until `wake` holds over `awaiting` (by default: one
+        of them settles), creating its new children.
 
-        Returns False, keeping the claim, when something awaited has settled already:
-        the caller goes on at once instead of waiting for a wake-up that already happened.
+        Returns False, keeping the claim, when it holds already: the caller goes on at
+        once instead of waiting for a wake-up that already happened.
         """
         if not awaiting:
             raise ValueError("suspend needs at least one promise to await")
@@ -282,12 +303,18 @@ class DirStore(Replica):
             unknown = [a for a in awaiting if a not in self.state.promises and a not in created]
             if unknown:
                 raise NotFound(unknown[0])  # waiting on it would wait forever
-            settled = any(self.state.promises[a].settled for a in awaiting
-                          if a in self.state.promises)
-            if not settled:
-                ops.append([WAIT, promise_id, list(awaiting), affinity])
+            unique = list(dict.fromkeys(awaiting))  # an id awaited twice settles once
+            settled = [self.state.promises[a].state for a in unique
+                       if a in self.state.promises and self.state.promises[a].settled]
+            remaining = len(unique) - len(settled)
+            holds = any(wake.holds(s, remaining) for s in settled)
+            if not holds:
+                # The field `wake` is written only when it is not the old behaviour,
+                # so a frame of a plain await is what older code wrote.
+                ops.append([WAIT, promise_id, list(awaiting), affinity]
+                           + ([] if wake is Wake.FIRST else [wake.value]))
             self._commit(ops)
-            return not settled
+            return not holds
 
     def _create_ops(self, creates: Sequence[NewPromise], now: float) -> list[list[Any]]:
         """CREATE operations for the ids not stored yet (the first of duplicates wins)."""
@@ -301,6 +328,8 @@ class DirStore(Replica):
             seen.add(new.id)
             p = Promise(new.id, State.PENDING, new.func, list(new.args), new.parent, dict(new.tags),
                         new.timeout, now)
+            if new.resolved:
+                p = replace(p, state=State.RESOLVED, value=new.value, settled_at=now)
             ops.append([CREATE, promise_to_list(p), new.runnable])
         return ops
 

@@ -19,12 +19,13 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from .types import Promise, State, Task, TaskState
+from .types import Promise, State, Task, TaskState, Wake
 
 # Enum lookups by value: State(x) costs ~2 us, a dict ~50 ns, and opening a store of
 # 100,000 promises does it 200,000 times.
 _STATES = {s.value: s for s in State}
 _TASK_STATES = {s.value: s for s in TaskState}
+_WAKES = {w.value: w for w in Wake}
 
 # op codes
 CREATE, SETTLE, CLAIM, HEARTBEAT, RELEASE, WAIT, RELEASE_OWNER = "c", "s", "k", "h", "r", "w", "o"
@@ -36,13 +37,13 @@ class TaskRecord:
     """A task's mutable state inside the machine; callers only see frozen Task copies."""
 
     __slots__ = ("affinity", "attempt", "awaiting", "claimed_at", "counter", "expires_at", "front",
-                 "last_error", "not_before", "owner", "ready_since", "state")
+                 "last_error", "not_before", "owner", "ready_since", "remaining", "state", "wake")
 
     def __init__(self, state: TaskState = TaskState.READY, counter: int = 0, attempt: int = 1,
                  owner: str | None = None, expires_at: float | None = None, not_before: float = 0.0,
                  awaiting: tuple[str, ...] = (), affinity: str | None = None,
                  last_error: Any = None, ready_since: float = 0.0, claimed_at: float | None = None,
-                 front: bool = False) -> None:
+                 front: bool = False, wake: Wake = Wake.FIRST) -> None:
         self.state, self.counter, self.attempt = state, counter, attempt
         self.owner, self.expires_at, self.not_before = owner, expires_at, not_before
         self.awaiting, self.affinity, self.last_error = awaiting, affinity, last_error
@@ -50,21 +51,25 @@ class TaskRecord:
         # Given back after its holder died: it queues at the front, so a killed branch
         # runs again at once even behind a backlog (until it is claimed again).
         self.front = front
+        # A waiting task wakes when `wake` holds over `awaiting`; `remaining` counts those
+        # still pending (derived, never stored: every process counts the same settles).
+        self.wake, self.remaining = wake, 0
 
     def to_list(self) -> list[Any]:
         return [self.state.value, self.counter, self.attempt, self.owner, self.expires_at,
                 self.not_before, list(self.awaiting), self.affinity, self.last_error, self.ready_since,
-                self.claimed_at, self.front]
+                self.claimed_at, self.front, self.wake.value]
 
     @classmethod
     def from_list(cls, f: list[Any]) -> TaskRecord:
-        """A task as a snapshot holds it; snapshots older than `front` have 11 fields."""
+        """A task as a snapshot holds it; older snapshots lack `front` (11 fields) or `wake` (12)."""
         return cls(_TASK_STATES[f[0]], f[1], f[2], f[3], f[4], f[5], tuple(f[6]), f[7], f[8], f[9], f[10],
-                   len(f) > 11 and f[11])
+                   len(f) > 11 and f[11], _WAKES[f[12]] if len(f) > 12 else Wake.FIRST)
 
     def frozen(self, promise_id: str) -> Task:
         return Task(promise_id, self.state, self.counter, self.attempt, self.owner, self.expires_at,
-                    self.not_before, self.awaiting, self.affinity, self.last_error, self.claimed_at)
+                    self.not_before, self.awaiting, self.affinity, self.last_error, self.claimed_at,
+                    self.wake)
 
 
 def promise_to_list(p: Promise) -> list[Any]:
@@ -104,6 +109,7 @@ class StoreState:
         self.affine: dict[str, set[str]] = {}
         self.leases: list[tuple[float, str]] = []  # (expires_at, id); checked when popped
         self.timeouts: list[tuple[float, str]] = []  # (timeout, id); checked when popped
+        self.timers: list[tuple[float, str]] = []  # (due, id) of pending timers; checked when popped
         self.parked: set[str] = set()  # ids of parked tasks, so finding them never scans every task
 
     # -- applying operations ------------------------------------------------
@@ -131,7 +137,8 @@ class StoreState:
             # op[7], "to the front" (after a death), came later: older logs lack it.
             self._release(op[1], op[2], op[3], op[4], op[5], op[6], len(op) > 7 and op[7])
         elif code == WAIT:
-            self._wait(op[1], tuple(op[2]), op[3])
+            # op[4], when to wake, came later: older logs wake on the first settle.
+            self._wait(op[1], tuple(op[2]), op[3], _WAKES[op[4]] if len(op) > 4 else Wake.FIRST)
         elif code == RELEASE_OWNER:
             self._release_owner(op[1], op[2])
         elif code == PARK:
@@ -151,6 +158,8 @@ class StoreState:
             return
         if p.timeout is not None:
             heapq.heappush(self.timeouts, (p.timeout, p.id))
+        if p.due is not None:
+            heapq.heappush(self.timers, (p.due, p.id))
         if runnable:
             self._add_task(p.id, TaskRecord(ready_since=p.created_at))
 
@@ -165,10 +174,17 @@ class StoreState:
         elif task.state is TaskState.PARKED:
             self.parked.add(pid)
         else:
-            for awaited in task.awaiting:
-                self.callbacks.setdefault(awaited, set()).add(pid)
+            self._await(pid, task)
             if task.affinity is not None:
                 self.affine.setdefault(task.affinity, set()).add(pid)
+
+    def _await(self, pid: str, task: TaskRecord) -> None:
+        """Index a waiting task under each promise it awaits that may still settle."""
+        task.remaining = 0
+        for awaited in dict.fromkeys(task.awaiting):  # an id awaited twice settles once
+            if not self.promises[awaited].settled:
+                task.remaining += 1
+                self.callbacks.setdefault(awaited, set()).add(pid)
 
     def _enqueue(self, pid: str, task: TaskRecord) -> None:
         if task.not_before > 0:
@@ -190,7 +206,7 @@ class StoreState:
             task.affinity = None
         for awaited in task.awaiting:
             self.callbacks.get(awaited, set()).discard(pid)
-        task.awaiting = ()
+        task.awaiting, task.wake = (), Wake.FIRST
 
     def _make_ready(self, pid: str, task: TaskRecord) -> None:
         self.ready[pid] = None
@@ -214,6 +230,9 @@ class StoreState:
         for waiter in sorted(self.callbacks.pop(pid, ())):
             wtask = self.tasks.get(waiter)
             if wtask is not None and wtask.state is TaskState.WAITING:
+                wtask.remaining -= 1
+                if not wtask.wake.holds(state, wtask.remaining):
+                    continue  # one wake-up when the condition holds, not one per child
                 affinity = wtask.affinity
                 self._unqueue(waiter, wtask)
                 wtask.state, wtask.affinity, wtask.ready_since = TaskState.READY, affinity, at
@@ -237,13 +256,12 @@ class StoreState:
         task.front = front
         self._enqueue(pid, task)
 
-    def _wait(self, pid: str, awaiting: tuple[str, ...], affinity: str | None) -> None:
+    def _wait(self, pid: str, awaiting: tuple[str, ...], affinity: str | None, wake: Wake) -> None:
         task = self.tasks[pid]
         self._unqueue(pid, task)
-        task.state, task.awaiting, task.affinity = TaskState.WAITING, awaiting, affinity
+        task.state, task.awaiting, task.affinity, task.wake = TaskState.WAITING, awaiting, affinity, wake
         task.expires_at = None
-        for awaited in awaiting:
-            self.callbacks.setdefault(awaited, set()).add(pid)
+        self._await(pid, task)
         if affinity is not None:
             self.affine.setdefault(affinity, set()).add(pid)
 
@@ -318,11 +336,25 @@ class StoreState:
                 heapq.heappush(self.leases, (task.expires_at, pid))
         return expired
 
+    def due_timers(self, now: float) -> list[str]:
+        """Pending timers due at or before `now` (taken off the heap: fire them now)."""
+        return self._pop_due(self.timers, now)
+
+    def next_timer(self) -> float | None:
+        """When the earliest pending timer is due; settled ones are dropped from the heap here."""
+        while self.timers and self.promises[self.timers[0][1]].settled:
+            heapq.heappop(self.timers)
+        return self.timers[0][0] if self.timers else None
+
     def timed_out(self, now: float) -> list[str]:
         """Pending promises at or past their deadline (taken off the heap: time them out now)."""
+        return self._pop_due(self.timeouts, now)
+
+    def _pop_due(self, heap: list[tuple[float, str]], now: float) -> list[str]:
+        """The pending ids of `heap` (time, id) whose time is at or before `now`, popped."""
         out = []
-        while self.timeouts and self.timeouts[0][0] <= now:
-            _, pid = heapq.heappop(self.timeouts)
+        while heap and heap[0][0] <= now:
+            _, pid = heapq.heappop(heap)
             if not self.promises[pid].settled:
                 out.append(pid)
         return out
@@ -365,7 +397,10 @@ class StoreState:
                 state.children.setdefault(p.parent, []).append(p.id)
             if p.timeout is not None and not p.settled:
                 state.timeouts.append((p.timeout, p.id))
+            if p.due is not None and not p.settled:
+                state.timers.append((p.due, p.id))
         heapq.heapify(state.timeouts)
+        heapq.heapify(state.timers)
         for pid, fields in data[1]:
             state._add_task(pid, TaskRecord.from_list(fields))
         return state

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_ID_BYTES = 1024
+# The func of a timer: a promise no function runs, resolved by the supervisor when it is due
+# (its tag TIMER_DUE, a wall-clock time). Not a deadline: a deadline rejects, a timer resolves.
+TIMER = "<timer>"
+TIMER_DUE = "due"
 
 
 class State(enum.StrEnum):
@@ -36,6 +40,21 @@ class TaskState(enum.StrEnum):
     PARKED = "parked"  # its replay took another path: held, unclaimable, until resumed by hand
 
 
+class Wake(enum.StrEnum):
+    """When a workflow waiting on several promises is woken: once, when its condition holds."""
+
+    FIRST = "first"  # one of them settles (a single await, ctx.race, each step of as_completed)
+    ALL = "all"  # every one settles, or one is rejected (ctx.all fails fast)
+    ANY = "any"  # one resolves, or every one settles (ctx.any: all of them failed)
+
+    def holds(self, settled: State, remaining: int) -> bool:
+        """Whether a waiter wakes once one of its promises settled as `settled`, with
+        `remaining` of them still pending."""
+        if self is Wake.FIRST or remaining == 0:
+            return True
+        return (settled is not State.RESOLVED) if self is Wake.ALL else (settled is State.RESOLVED)
+
+
 @dataclass(frozen=True, slots=True)
 class Promise:
     id: str
@@ -54,6 +73,14 @@ class Promise:
     def settled(self) -> bool:
         return self.state.settled
 
+    @property
+    def due(self) -> float | None:
+        """When a timer fires; None for any other promise (or a timer stored without a time)."""
+        if self.func != TIMER:
+            return None
+        due = self.tags.get(TIMER_DUE)
+        return float(due) if isinstance(due, int | float) and not isinstance(due, bool) else None
+
 
 @dataclass(frozen=True, slots=True)
 class NewPromise:
@@ -66,6 +93,9 @@ class NewPromise:
     tags: dict[str, Any] = field(default_factory=dict)
     timeout: float | None = None
     runnable: bool = True
+    # Created settled, resolved with `value`: a decision a workflow records (which child won)
+    resolved: bool = False
+    value: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +113,7 @@ class Task:
     affinity: str | None
     last_error: Any
     claimed_at: float | None  # when the current claim was taken
+    wake: Wake = Wake.FIRST  # when a waiting task is woken, judged over `awaiting`
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import codec
 from .state import CLAIM, CREATE, HEARTBEAT, PARK, RELEASE, RELEASE_OWNER, SETTLE, UNPARK, WAIT, StoreState
-from .types import State, TaskState
+from .types import TIMER, TIMER_DUE, State, TaskState, Wake
 
 
 class Invalid(ValueError):
@@ -92,15 +92,25 @@ _TASK_STATES = {s.value for s in TaskState}
 _STATE = _one_of("promise state", _PROMISE_STATES)
 _FINAL = _one_of("final state", {s.value for s in State if s.settled})
 _TASK_STATE = _one_of("task state", _TASK_STATES)
+_WAKES = {w.value for w in Wake}
+_WAKE = _one_of("wake condition", _WAKES)
 
 # promise_to_list: id, state, func, args, parent, tags, timeout, created_at, settled_at, value, attempt
 PROMISE = _record([_STR, _STATE, _STR, _kind("list", list), _OPT_STR, _kind("map", dict), _OPT_NUM,
                    _NUM, _OPT_NUM, _any, _INT])
 # TaskRecord.to_list: state, counter, attempt, owner, expires_at, not_before, awaiting, affinity,
 # last_error, ready_since, claimed_at
-# (+ front, added later)
+# (+ front, wake, added later)
 TASK = _record([_TASK_STATE, _INT, _INT, _OPT_STR, _OPT_NUM, _NUM, _list_of(_STR), _OPT_STR, _any, _NUM,
-                _OPT_NUM], [_BOOL])
+                _OPT_NUM], [_BOOL, _WAKE])
+
+
+def _timer(value: Any, state: StoreState) -> str | None:
+    """A timer must say when it fires: without a number there, it would wait for ever, unseen."""
+    if type(value) is list and len(value) > 5 and value[2] == TIMER and type(value[5]) is dict \
+            and type(value[5].get(TIMER_DUE)) not in _NUMS:
+        return f"a timer needs a number as its {TIMER_DUE!r} tag"
+    return PROMISE(value, state)
 
 
 @dataclass(frozen=True)
@@ -110,12 +120,12 @@ class Op:
 
 
 OPS: dict[str, Op] = {
-    CREATE: Op((PROMISE, _BOOL)),
+    CREATE: Op((_timer, _BOOL)),
     SETTLE: Op((_known_promise, _FINAL, _any, _NUM)),
     CLAIM: Op((_known_task, _STR, _INT, _NUM, _NUM)),
     HEARTBEAT: Op((_STR, _NUM)),
     RELEASE: Op((_known_task, _NUM, _INT, _any, _OPT_STR, _NUM), optional=(_BOOL,)),  # + to the front
-    WAIT: Op((_known_task, _list_of(_STR), _OPT_STR)),
+    WAIT: Op((_known_task, _list_of(_known_promise), _OPT_STR), optional=(_WAKE,)),  # + when to wake
     RELEASE_OWNER: Op((_OPT_STR, _NUM)),
     PARK: Op((_known_task, _any)),
     UNPARK: Op((_known_task, _NUM)),
@@ -159,7 +169,7 @@ def _plain_task(f: Any) -> bool:
             and (f[4] is None or type(f[4]) in _NUMS) and type(f[5]) in _NUMS and type(f[6]) is list
             and all(type(a) is str for a in f[6]) and (f[7] is None or type(f[7]) is str)
             and type(f[9]) in _NUMS and (f[10] is None or type(f[10]) in _NUMS)
-            and (len(f) < 12 or type(f[11]) is bool))
+            and (len(f) < 12 or type(f[11]) is bool) and (len(f) < 13 or f[12] in _WAKES))
 
 
 def snapshot(body: Any) -> None:

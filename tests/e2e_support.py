@@ -20,7 +20,7 @@ from runner.store import DirStore, Promise, open_store
 from tests.helpers import Spawn, run_cli, runner_cmd, wait_until
 
 APPS = ("examples.notify,examples.fan_out,examples.fanout_rpc,examples.factorial,tests.apps.e2e,"
-        "tests.apps.robust")
+        "tests.apps.robust,tests.apps.timers")
 CHANNELS = ("email", "sms", "slack", "push")
 
 

@@ -22,6 +22,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 import runner.store.replica as replica
 from runner.store import (
+    TIMER,
+    TIMER_DUE,
     Completion,
     DirStore,
     NewPromise,
@@ -30,6 +32,7 @@ from runner.store import (
     StaleClaim,
     State,
     TaskState,
+    Wake,
     open_store,
 )
 from runner.store.deaths import died_error
@@ -69,6 +72,7 @@ class MTask:
     affinity: str | None = None
     last_error: Any = None
     ready_since: float = 0.0
+    wake: Wake = Wake.FIRST
 
 
 class StoreModel(RuleBasedStateMachine):
@@ -88,10 +92,12 @@ class StoreModel(RuleBasedStateMachine):
 
     # -- the model's own transitions -----------------------------------------------
 
-    def _create(self, pid: str, func: str, args: list[Any], timeout: float | None, runnable: bool) -> None:
+    def _create(self, pid: str, func: str, args: list[Any], timeout: float | None, runnable: bool,
+                tags: dict[str, Any] | None = None) -> None:
         if pid in self.promises:
             return
-        self.promises[pid] = Promise(pid, State.PENDING, func, args, parent_of(pid), {}, timeout, self.now)
+        self.promises[pid] = Promise(pid, State.PENDING, func, args, parent_of(pid), tags or {}, timeout,
+                                     self.now)
         if runnable:
             self.tasks[pid] = MTask(ready_since=self.now)
 
@@ -124,9 +130,14 @@ class StoreModel(RuleBasedStateMachine):
         self.promises[pid] = self._settled(p, state, value, at)
         self.tasks.pop(pid, None)
         for t in self.tasks.values():
-            if t.state is TaskState.WAITING and pid in t.awaiting:  # woken once: awaiting is cleared
-                event("a settle woke a waiting task")
+            if t.state is TaskState.WAITING and pid in t.awaiting:
+                remaining = len({a for a in t.awaiting if not self.promises[a].settled})
+                if not t.wake.holds(state, remaining):
+                    event(f"a settle left a {t.wake.value} waiter waiting")
+                    continue
+                event("a settle woke a waiting task")  # woken once: awaiting is cleared
                 t.state, t.awaiting, t.not_before, t.ready_since = TaskState.READY, (), 0.0, at
+                t.wake = Wake.FIRST
 
     def _time_out_due(self) -> list[str]:
         due = [pid for pid in self.promises if self._overdue(pid)]
@@ -158,6 +169,7 @@ class StoreModel(RuleBasedStateMachine):
                   error: Any = None, keep_error: bool = True) -> None:
         t = self.tasks[pid]
         t.state, t.owner, t.expires_at, t.affinity, t.awaiting = TaskState.READY, None, None, None, ()
+        t.wake = Wake.FIRST
         t.not_before, t.ready_since = not_before, self.now
         if attempt is not None:
             t.attempt = attempt
@@ -363,11 +375,31 @@ class StoreModel(RuleBasedStateMachine):
     def tick(self, step: float) -> None:
         self.now += step
 
+    @rule(h=handles, pid=ids, due=st.sampled_from([0.0, 0.5, 2.0]), deadline=deadlines)
+    def create_timer(self, h: int, pid: str, due: float, deadline: float | None) -> None:
+        tags = {TIMER_DUE: self.now + due}
+        timeout = None if deadline is None else self.now + deadline
+        timer = NewPromise(pid, TIMER, [], parent_of(pid), tags, timeout, runnable=False)
+        self.handles[h].create([timer], now=self.now)
+        self._create(pid, TIMER, [], timeout, False, tags)
+
+    @rule(h=handles, step=steps)
+    def fire_timers(self, h: int, step: float) -> None:
+        """Due timers resolve at `now`; one past its deadline times out at the deadline instead."""
+        self.now += step
+        due = [pid for pid, p in self.promises.items()
+               if p.func == TIMER and not p.settled and p.tags[TIMER_DUE] <= self.now]
+        got = self.handles[h].fire_timers(now=self.now)
+        assert sorted(got) == sorted(due)
+        for pid in due:
+            self._settle(pid, State.RESOLVED, None)
+        event(f"timers fired: {bool(due)}")
+
     @rule(h=handles, pid=ids, pick=picks, delta=deltas, awaiting=st.lists(ids, max_size=3),
           only_pending=st.sampled_from([True, True, True, False]), creates=st.lists(ids, max_size=2),
-          affinity=st.none() | owners)
+          affinity=st.none() | owners, wake=st.sampled_from(list(Wake)))
     def suspend(self, h: int, pid: str, pick: int, delta: int, awaiting: list[str], only_pending: bool,
-                creates: list[str], affinity: str | None) -> None:
+                creates: list[str], affinity: str | None, wake: Wake) -> None:
         pid = self._target(pid, pick)
         news = [self._new(c) for c in creates]
         if only_pending:  # mostly await what can still settle and wake us
@@ -390,16 +422,19 @@ class StoreModel(RuleBasedStateMachine):
             with pytest.raises(NotFound):
                 self.handles[h].suspend(pid, counter, awaiting, now=self.now, creates=news, affinity=affinity)
             return
-        waits = self.handles[h].suspend(pid, counter, awaiting, now=self.now, creates=news, affinity=affinity)
+        waits = self.handles[h].suspend(pid, counter, awaiting, now=self.now, creates=news, affinity=affinity,
+                                        wake=wake)
         for n in news:
             self._create(n.id, n.func, n.args, n.timeout, n.runnable)
-        settled = any(self.promises[a].settled for a in awaiting if a in self.promises)
-        assert waits is not settled
+        unique = set(awaiting)
+        settled = [self.promises[a].state for a in unique if self.promises[a].settled]
+        holds = any(wake.holds(s, len(unique) - len(settled)) for s in settled)
+        assert waits is not holds
         event(f"suspend waits: {waits}")
         if waits:
             t = self.tasks[pid]
             t.state, t.owner, t.expires_at = TaskState.WAITING, None, None
-            t.awaiting, t.affinity = tuple(awaiting), affinity
+            t.awaiting, t.affinity, t.wake = tuple(awaiting), affinity, wake
 
     @rule(h=handles)
     def reopen(self, h: int) -> None:
@@ -422,9 +457,9 @@ class StoreModel(RuleBasedStateMachine):
                     continue
                 assert got is not None, pid
                 assert (got.state, got.counter, got.attempt, got.owner, got.expires_at, got.awaiting,
-                        got.affinity, got.last_error) == (
+                        got.affinity, got.last_error, got.wake) == (
                     want.state, want.counter, want.attempt, want.owner, want.expires_at, want.awaiting,
-                    want.affinity, want.last_error), pid
+                    want.affinity, want.last_error, want.wake), pid
             claimed = {pid for pid, t in self.tasks.items() if t.state is TaskState.CLAIMED}
             assert {t.id for t in store.claims()} == claimed
             stats = store.stats(now=self.now)

@@ -23,7 +23,7 @@ from runner.context import Context
 from runner.errors import BadInput, ChildIdTooLong
 from runner.invoke import MAX_ROOT_ID_BYTES, check_root_id
 from runner.registry import registry
-from runner.store import MAX_ID_BYTES, DirStore, NewPromise, NotSerializable, State
+from runner.store import MAX_ID_BYTES, DirStore, NewPromise, NotSerializable, State, Wake
 from runner.store.lockholder import is_stopped, lock_holders
 from runner.store.state import HEARTBEAT
 from runner.worker import Worker
@@ -119,7 +119,7 @@ def _with_cleanup_run(tmp_path: Path) -> tuple[DirStore, WorkflowRun]:
 def test_closing_a_coroutine_that_awaits_in_its_finally_does_not_raise(tmp_path: Path) -> None:
     store, run = _with_cleanup_run(tmp_path)
     try:
-        assert run.step() == Waiting("wf.0")
+        assert run.step() == Waiting(("wf.0",), Wake.FIRST)
 
         run.close()  # its finally spawns cleanup, awaits it and so yields instead of exiting
 

@@ -7,6 +7,9 @@ shapes are documented in README.md, "JSON output").
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import click
 from rich.text import Text
 
@@ -36,12 +39,14 @@ def promises() -> None:
 @click.option("--state", type=click.Choice(_STATES), help="Only promises in this state.")
 @click.option("--prefix", help="Only ids starting with this text (a run's id lists the run).")
 @click.option("--parent", metavar="ID", help="Only the direct children of this promise.")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", callback=lambda _c, _p, v: _tags(v),
+              help="Only promises with this tag (VALUE as JSON when it parses, else as text); repeatable.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
 @click.option("--cursor", default=0, type=click.IntRange(0), help="Where the previous page ended.")
 @json_option
 @common
-def list_promises(env: Env, state: str | None, prefix: str | None, parent: str | None, limit: int,
-                  cursor: int, as_json: bool) -> None:
+def list_promises(env: Env, state: str | None, prefix: str | None, parent: str | None,
+                  tags: dict[str, Any], limit: int, cursor: int, as_json: bool) -> None:
     """List promises in creation order, one per line.
 
     When more match than --limit, the last line (or "cursor" in JSON) says where
@@ -50,12 +55,27 @@ def list_promises(env: Env, state: str | None, prefix: str | None, parent: str |
     \b
     Example:
       runner promises list --state pending --prefix order-42
+      runner promises list --state pending --tag kind=approval
     """
     data = report.listing(open_existing(env), state=State(state) if state else None, parent=parent,
-                          prefix=prefix, limit=limit, cursor=cursor)
+                          prefix=prefix, limit=limit, cursor=cursor, tags=tags)
     emit(data, as_json, views.promise_list(data))
     if not as_json and data["cursor"] is not None:
         click.echo(f"more: --cursor {data['cursor']}")
+
+
+def _tags(given: tuple[str, ...]) -> dict[str, Any]:
+    """--tag KEY=VALUE options as a mapping; `kind=approval` is text, `n=1` the number 1."""
+    tags: dict[str, Any] = {}
+    for item in given:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--tag")
+        try:
+            tags[key] = json.loads(raw)
+        except ValueError:
+            tags[key] = raw
+    return tags
 
 
 @promises.command("get")

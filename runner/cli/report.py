@@ -64,10 +64,10 @@ def detail(store: PromiseStore, promise_id: str, now: float | None = None) -> di
 
 def listing(store: PromiseStore, *, state: State | None = None, parent: str | None = None,
             prefix: str | None = None, limit: int = 100, cursor: int = 0,
-            now: float | None = None) -> dict[str, Any]:
+            now: float | None = None, tags: dict[str, Any] | None = None) -> dict[str, Any]:
     """One page of promises in creation order; pass `cursor` back for the next page."""
     now = time.time() if now is None else now
-    page = store.search(state=state, parent=parent, prefix=prefix, limit=limit, cursor=cursor)
+    page = store.search(state=state, parent=parent, prefix=prefix, limit=limit, cursor=cursor, tags=tags)
     return {"items": [summary(p, now) for p in page.items], "cursor": page.cursor}
 
 
