@@ -20,17 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from runner.owners import owner_pid
-from runner.store import DirStore, NewPromise, Promise, open_store
+from runner.store import TIMER, TIMER_DUE, DirStore, NewPromise, Promise, open_history, open_store
 from tests.bench import Bench, Row
 
 ROOT = Path(__file__).resolve().parent.parent
+# The project's apps (pyproject) and the timers the timer rows run.
+APPS = ",".join(["examples.notify", "examples.fan_out", "examples.fanout_rpc", "examples.factorial",
+                 "examples.approval", "tests.apps.timers"])
 
 
 @contextlib.contextmanager
 def supervisor(workers: int, base: Path) -> Iterator[tuple[DirStore, Path]]:
     """A `runner start` on a fresh store, ready when all its workers are up."""
     store_dir = Path(tempfile.mkdtemp(dir=base)) / "store"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_OUTBOX": str(store_dir.parent / "outbox.jsonl")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_OUTBOX": str(store_dir.parent / "outbox.jsonl"),
+           "RUNNER_APP": APPS}
     proc = subprocess.Popen([sys.executable, "-m", "runner", "start", "--workers", str(workers),
                              "--store", str(store_dir)], env=env, cwd=ROOT, start_new_session=True,
                             stderr=subprocess.DEVNULL)
@@ -139,4 +143,22 @@ def _verdict(ok: bool) -> str:
     return "OK" if ok else "MISS"
 
 
-SECTIONS = [notify_overhead, fan_out_rate, kill_recovery]
+def timers_and_wakeups(b: Bench) -> list[Row]:
+    """Timer lateness with 1,000 timers due in the same second; wake-ups of a ctx.all of 1,000."""
+    with supervisor(2, b.tmp) as (store, store_dir):
+        due = time.time() + 10  # 1,000 sleepers are written in a few seconds
+        run_root(store, "sleepers", "many_sleepers", [1000, due])
+        fired = [p for p in store.search(limit=100_000).items if p.func == TIMER and p.settled_at is not None]
+        lags = sorted((p.settled_at or 0.0) - p.tags[TIMER_DUE] for p in fired)
+        median, p99 = statistics.median(lags) * 1e3, lags[int(len(lags) * 0.99)] * 1e3
+        run_root(store, "fan", "fan_all", [1000])
+        history = open_history(str(store_dir))
+        wakeups = sum(e.promise_id == "fan" for e in history.executions()) - 1  # its first run is no wake-up
+        history.close()
+    return [Row(f"timer lateness, {len(lags):,} timers due at once", median_ms=median, p99_ms=p99,
+                target="median <= 20 ms", result=_verdict(len(lags) == 1000 and median <= 20)),
+            Row("wake-ups of a workflow awaiting ctx.all of 1,000 children", ops=float(wakeups),
+                target="1", result=_verdict(wakeups == 1))]
+
+
+SECTIONS = [notify_overhead, fan_out_rate, kill_recovery, timers_and_wakeups]
