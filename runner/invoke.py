@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner.store import MAX_ID_BYTES, NewPromise, Promise, PromiseStore, State, check_id
+from runner.store import MAX_ID_BYTES, NewPromise, Promise, PromiseStore, State, check_id, settled_topic
 
 from .errors import BadInput, Interrupted
 from .parked import parked_in_run
@@ -79,11 +79,10 @@ def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: s
             return False
         if not told:
             told = True
-            store.make_durable()  # its writer may have died before syncing: sync before we tell
             on_settled(promise)
         return True
 
-    watch = store.watch()
+    watch = store.watch(settled_topic(promise_id))
     try:
         while True:
             promise = store.get(promise_id)
@@ -122,5 +121,5 @@ def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: s
 
 def _interrupted(store: PromiseStore, promise_id: str, signum: int) -> Interrupted:
     """The error that tells the user how to pick the run up again, by its function's name."""
-    promise = store.get(promise_id, fresh=False)  # read already: no lock needed to name it
+    promise = store.get(promise_id)  # read already: no lock needed to name it
     return Interrupted(promise_id, promise.func if promise is not None else "FUNC", signum)

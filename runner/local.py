@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from runner.store import DirStore, Execution, History, open_history, open_store
+from runner.store import CHANGES, DirStore, Execution, History, open_history, open_store
 
 from .errors import RunnerError, SupervisorFailed
 from .owners import owner_id
@@ -241,7 +241,7 @@ class LocalSupervisor:
         history = self._follow()
         known = {(e.promise_id, e.counter) for e in history.executions()}
         deadline = time.monotonic() + timeout
-        watch = self.store.watch()
+        watch = self.store.watch(CHANGES)
         try:
             while True:
                 runs = [e for e in history.executions() if _matches(e, target)]

@@ -52,7 +52,7 @@ def cancel(store: PromiseStore, promise_id: str, reason: str = CANCEL_REASON) ->
                      now=now)
     canceled = []
     for pid in pending:
-        p = store.get(pid, fresh=False)
+        p = store.get(pid)
         if p is not None and p.state is State.REJECTED_CANCELED and p.settled_at == now:
             canceled.append(pid)
     return promise, canceled

@@ -23,7 +23,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner.store import DEFAULT_LEASE, Promise, PromiseStore, StoreFull, StoreIOError, Task, open_store
+from runner.store import (
+    DEFAULT_LEASE,
+    TIMERS,
+    Promise,
+    PromiseStore,
+    StoreFull,
+    StoreIOError,
+    Task,
+    open_store,
+)
 from runner.store.deaths import died
 from runner.store.interface import Watchable
 from runner.store.lockholder import is_stopped
@@ -96,7 +105,7 @@ class Supervisor:
         self._embedded = until is not None
         previous = self._install_signals()
         self._poke = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        watch = self.store.watch() if until is not None else None
+        watch = self.store.watch(TIMERS) if until is not None else None
         watchdog = LockWatchdog(self.store, lambda: set(self.workers))
         watchdog.start()
         try:
@@ -167,7 +176,6 @@ class Supervisor:
             _drain(self._pipe[0])
         if self._poke[0] in readable:
             _drain(self._poke[0])
-            self._store_call(self.store.refresh)  # to see the new timers
         if watch is not None and watch in readable:
             watch.drain()
 

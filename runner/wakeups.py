@@ -1,9 +1,10 @@
 """One watcher per client wakes every waiter whose promise settled.
 
 A web server may have hundreds of requests waiting for runs at once. A watch each
-would cost an inotify instance each (a user has 128 by default) and a catch-up with
-the log each per write; one thread here sleeps on one watch, catches up once per
-wake-up, and calls the wake function of each waiter whose promise has settled. A
+would cost an inotify instance each (a user has 128 by default); one thread here
+sleeps on one watch, to which each waited promise adds its settle's topic, reads the
+waited promises when it wakes, and calls the wake function of each waiter whose
+promise has settled. A
 waiter is a threading.Event's `set`, or a future's, handed over with
 `loop.call_soon_threadsafe`, so an asyncio loop never blocks on the store.
 """
@@ -17,7 +18,8 @@ import select
 import threading
 from collections.abc import Callable
 
-from runner.store import PromiseStore
+from runner.store import PromiseStore, settled_topic
+from runner.store.interface import Watchable
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class Wakeups:
         self._next = 0
         self._thread: threading.Thread | None = None
         self._stop: tuple[int, int] | None = None  # a pipe that wakes the thread to end it
+        self._watch: Watchable | None = None
         self._closed = False
 
     def add(self, promise_id: str, wake: Wake) -> Callable[[], None]:
@@ -46,11 +49,14 @@ class Wakeups:
                 raise RuntimeError("the client is closed")
             key, self._next = self._next, self._next + 1
             self._waiting.setdefault(promise_id, {})[key] = wake
-            if self._thread is None:  # a client that never waits (`runner invoke`) has none
+            if self._watch is None:  # a client that never waits (`runner invoke`) has none
+                self._watch = self._store.watch(settled_topic(promise_id))
                 self._stop = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-                self._thread = threading.Thread(target=self._run, args=(self._stop[0],),
+                self._thread = threading.Thread(target=self._run, args=(self._watch, self._stop[0]),
                                                 name="runner-wakeups", daemon=True)
                 self._thread.start()
+            else:
+                self._watch.add(settled_topic(promise_id))
 
         def remove() -> None:
             with self._lock:
@@ -70,8 +76,7 @@ class Wakeups:
         for wake in wakes:
             wake()
 
-    def _run(self, stop: int) -> None:
-        watch = self._store.watch()
+    def _run(self, watch: Watchable, stop: int) -> None:
         try:
             while True:
                 ready, _, _ = select.select([watch.fileno(), stop], [], [], BACKSTOP)
@@ -84,17 +89,16 @@ class Wakeups:
             watch.close()
 
     def _look(self) -> None:
-        """Catch up once, then wake whoever's promise settled (everyone, if the store failed:
-        each waiter reads the store itself and meets the error there)."""
+        """Wake whoever's promise settled (everyone, if the store failed: each waiter reads
+        the store itself and meets the error there)."""
         with self._lock:
             ids = list(self._waiting)
         if not ids:
             return
         try:
-            self._store.refresh()
             settled = []
             for pid in ids:
-                promise = self._store.get(pid, fresh=False)
+                promise = self._store.get(pid)
                 if promise is None or promise.settled:
                     settled.append(pid)
         except Exception:

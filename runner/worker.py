@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 from runner.store import (
     TIMER,
+    WORK,
     Claim,
     Completion,
     NewPromise,
@@ -112,7 +113,7 @@ class Worker:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        watch = self.store.watch()
+        watch = self.store.watch(WORK)
         loop.add_reader(watch.fileno(), self._changed, watch)
         loop.add_signal_handler(signal.SIGTERM, self.drain)
         stop = threading.Event()
@@ -378,7 +379,7 @@ class Worker:
 
     def _replay(self, claim: Claim, entry: Registered) -> WorkflowRun | None:
         ctx = Context(claim.promise, self.store.children(claim.id), self.registry,
-                      lambda pid: self.store.get(pid, fresh=False))
+                      lambda pid: self.store.get(pid))
         try:
             coro = entry.fn(ctx, *claim.promise.args)
         except Exception as exc:  # wrong arguments for the function, say

@@ -21,9 +21,12 @@ from .errors import (
 from .history import Execution, History, open_history
 from .interface import PromiseStore
 from .types import (
+    CHANGES,
     MAX_ID_BYTES,
     TIMER,
     TIMER_DUE,
+    TIMERS,
+    WORK,
     Claim,
     Completion,
     NewPromise,
@@ -34,6 +37,7 @@ from .types import (
     Task,
     TaskState,
     Wake,
+    settled_topic,
 )
 
 
@@ -42,9 +46,42 @@ def open_store(path: str, **options: float) -> DirStore:
 
 
 __all__ = [
-    "DEFAULT_LEASE", "MAX_ID_BYTES", "TIMER", "TIMER_DUE", "Claim", "Completion", "CorruptStore", "DirStore",
-    "Execution", "History", "InvalidId", "NewPromise",
-    "NotFound", "NotSerializable", "Page", "Promise", "PromiseStore", "StaleClaim", "State", "Stats",
-    "StoreError", "StoreFormatError", "StoreFull", "StoreIOError", "StoreUnavailable", "Task",
-    "TaskState", "Wake", "check_id", "normalize", "normalize_packed", "open_history", "open_store", "pack",
+    "CHANGES",
+    "DEFAULT_LEASE",
+    "MAX_ID_BYTES",
+    "TIMER",
+    "TIMERS",
+    "TIMER_DUE",
+    "WORK",
+    "Claim",
+    "Completion",
+    "CorruptStore",
+    "DirStore",
+    "Execution",
+    "History",
+    "InvalidId",
+    "NewPromise",
+    "NotFound",
+    "NotSerializable",
+    "Page",
+    "Promise",
+    "PromiseStore",
+    "StaleClaim",
+    "State",
+    "Stats",
+    "StoreError",
+    "StoreFormatError",
+    "StoreFull",
+    "StoreIOError",
+    "StoreUnavailable",
+    "Task",
+    "TaskState",
+    "Wake",
+    "check_id",
+    "normalize",
+    "normalize_packed",
+    "open_history",
+    "open_store",
+    "pack",
+    "settled_topic",
 ]

@@ -79,11 +79,10 @@ class DirStore(Replica):
             self._commit(self._create_ops(promises, now))
             return [self.state.promises[new.id] for new in promises]
 
-    def get(self, promise_id: str, *, fresh: bool = True, now: float | None = None) -> Promise | None:
-        """The promise as of `now` (timed out once overdue, swept or not); with fresh=False,
-        as last read (cheap, maybe behind other processes)."""
+    def get(self, promise_id: str, *, now: float | None = None) -> Promise | None:
+        """The promise as of `now` (timed out once overdue, swept or not)."""
         now = time.time() if now is None else now
-        with self._mutex if not fresh else self._locked():
+        with self._locked():
             p = self.state.promises.get(promise_id)
             return None if p is None else self.state.seen(p, now)
 
@@ -183,20 +182,14 @@ class DirStore(Replica):
             return [Claim(self.state.promises[pid], tasks[pid].counter, tasks[pid].attempt, owner, expires)
                     for pid in picked]
 
-    def has_ready(self, owner: str, now: float | None = None) -> bool:
-        """Whether a claim by `owner` would find work, judged from what is already read."""
-        now = time.time() if now is None else now
-        with self._mutex:
-            return bool(self.state.claimable(owner, now, 1, AFFINITY_GRACE))
-
     def next_due(self) -> float | None:
-        """When the earliest delayed task (a retry's backoff) becomes claimable, as last read."""
-        with self._mutex:
+        """When the earliest delayed task (a retry's backoff) becomes claimable."""
+        with self._locked():
             return self.state.delayed[0][0] if self.state.delayed else None
 
     def next_timer(self) -> float | None:
-        """When the earliest pending timer is due, as last read (refresh() first to see new ones)."""
-        with self._mutex:
+        """When the earliest pending timer is due."""
+        with self._locked():
             return self.state.next_timer()
 
     def fire_timers(self, now: float | None = None) -> list[str]:
@@ -425,6 +418,12 @@ class DirStore(Replica):
             ops += [self._timeout_op(pid) for pid in self.state.timed_out(now) if pid not in done]
             self._commit(ops)
             return list(dict.fromkeys(op[1] for op in ops))
+
+    # -- retention --------------------------------------------------------------------
+
+    def gc(self, settled_before: float, now: float | None = None) -> list[str]:
+        """Remove every whole run whose root settled before `settled_before`; returns their roots."""
+        raise NotImplementedError("retention comes with the history store")
 
     # -- inspection -----------------------------------------------------------------
 

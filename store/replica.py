@@ -228,16 +228,8 @@ class Replica:
         with self._locked():
             pass
 
-    def make_durable(self) -> None:
-        """Make every change this handle has read durable, whoever wrote it.
-
-        Catching up already syncs every frame it reads (Log.read_new), so this is a
-        refresh: a caller about to print a result says so explicitly.
-        """
-        self.refresh()
-
-    def watch(self) -> Watch:
-        """A descriptor that turns readable when any process writes to this store."""
+    def watch(self, *topics: str) -> Watch:
+        """A descriptor that turns readable when something of `topics` may have happened."""
         return Watch(self.root / "log")
 
     def close(self) -> None:

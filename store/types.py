@@ -16,6 +16,17 @@ MAX_ID_BYTES = 1024
 TIMER = "<timer>"
 TIMER_DUE = "due"
 
+# What a watch() waits for. A store wakes a watcher only for its topic, so an idle worker
+# sleeps through the settles of a fan-out and a waiting `invoke` wakes once, for its root.
+WORK = "work"  # a task may have become claimable: created, released, woken, unparked
+TIMERS = "timers"  # the supervisor's schedule moved: a timer, a deadline, a delayed task
+CHANGES = "changes"  # any change at all: for tools that follow the history (chaos, inspection)
+
+
+def settled_topic(promise_id: str) -> str:
+    """The topic of one promise's settle (a store may share it among several ids)."""
+    return f"settled:{promise_id}"
+
 
 class State(enum.StrEnum):
     """A promise's state. Every state but PENDING is final."""

@@ -20,7 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from runner.owners import owner_pid
-from runner.store import TIMER, TIMER_DUE, DirStore, NewPromise, Promise, open_history, open_store
+from runner.store import (
+    CHANGES,
+    TIMER,
+    TIMER_DUE,
+    DirStore,
+    NewPromise,
+    Promise,
+    open_history,
+    open_store,
+    settled_topic,
+)
 from tests.bench import Bench, Row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +65,7 @@ def supervisor(workers: int, base: Path) -> Iterator[tuple[DirStore, Path]]:
 
 
 def run_root(store: DirStore, promise_id: str, func: str, args: list[Any], timeout: float = 300) -> Promise:
-    watch = store.watch()
+    watch = store.watch(settled_topic(promise_id))
     try:
         store.create([NewPromise(promise_id, func, args)])
         deadline = time.monotonic() + timeout
@@ -108,7 +118,7 @@ def kill_recovery(b: Bench) -> list[Row]:
     """From a worker's SIGKILL until its in-flight branch is claimed again, median of 5."""
     delays = []
     with supervisor(2, b.tmp) as (store, _):
-        watch = store.watch()
+        watch = store.watch(CHANGES)
         for i in range(5):
             root = f"kill-{i}"
             event = {"order_id": root, "delays": {"push": 3.0}}

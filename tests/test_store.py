@@ -22,6 +22,7 @@ import runner.store.directory as directory
 import runner.store.replica as replica
 from runner.store import (
     MAX_ID_BYTES,
+    WORK,
     Completion,
     DirStore,
     InvalidId,
@@ -255,7 +256,7 @@ def test_claim_limit_oldest_first(s: DirStore) -> None:
     s.create([new(f"t{i}") for i in range(5)], now=1.0)
     assert [c.id for c in s.claim("w1", now=2.0, limit=3)] == ["t0", "t1", "t2"]
     assert [c.id for c in s.claim("w2", now=2.0, limit=3)] == ["t3", "t4"]
-    assert s.has_ready("w1", now=2.0) is False
+    assert s.claim("w1", now=2.0) == []
 
 
 def test_complete_settles_and_releases(s: DirStore) -> None:
@@ -431,7 +432,7 @@ def test_retry_delays_the_next_attempt(s: DirStore) -> None:
     task = s.task("a")
     assert task is not None and (task.state, task.attempt, task.last_error, task.owner) == (
         TaskState.READY, 2, err, None)
-    assert s.claim("w1", now=14.99) == [] and not s.has_ready("w1", now=14.99)
+    assert s.claim("w1", now=14.99) == []
     assert s.stats(now=14.0).delayed == 1
     with pytest.raises(StaleClaim):
         s.complete("a", c.counter, State.RESOLVED, 1, now=12.0)
@@ -510,7 +511,6 @@ def test_affinity_prefers_the_suspending_worker_for_a_grace(s: DirStore) -> None
     assert s.task("p").affinity == "w1"
     assert [x.id for x in s.claim("w2", now=10.0, limit=5)] == ["older"]  # not p, during the grace
     assert s.claim("w2", now=10.0 + AFFINITY_GRACE * 0.5) == []
-    assert s.has_ready("w1", now=10.0)
     assert [x.id for x in s.claim("w1", now=10.0)] == ["p"]
 
 
@@ -723,7 +723,7 @@ def test_modes_are_0700_and_0600_whatever_the_umask(tmp_path: Path) -> None:
 
 
 def test_watch_turns_readable_when_another_handle_writes(s: DirStore, store_dir: Path) -> None:
-    w = s.watch()
+    w = s.watch(WORK)
     other = open_store(str(store_dir))
     try:
         w.drain()
@@ -780,7 +780,7 @@ def test_an_idle_reader_catches_up_across_several_compactions(store_dir: Path,
         reader.close()
 
 
-def test_make_durable_syncs_what_another_writer_may_have_left_unsynced(
+def test_a_read_syncs_what_another_writer_may_have_left_unsynced(
         s: DirStore, store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     other = DirStore(store_dir)
     other.create([new("a")], now=1.0)  # stands for a writer killed before its sync
@@ -788,6 +788,5 @@ def test_make_durable_syncs_what_another_writer_may_have_left_unsynced(
     segment = (store_dir / "log" / "00000001.seg").stat().st_ino
     synced: list[int] = []
     monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(fd))
-    s.make_durable()
-    assert s.get("a", fresh=False) is not None  # it read the other's frame first
+    assert s.get("a") is not None  # read, and synced before it was answered
     assert len(synced) == 1 and os.fstat(synced[0]).st_ino == segment

@@ -245,8 +245,6 @@ class StoreModel(RuleBasedStateMachine):
     @rule(h=handles, owner=owners, limit=st.integers(1, 3), lease=leases)
     def claim(self, h: int, owner: str, limit: int, lease: float) -> None:
         store = self.handles[h]
-        store.refresh()
-        assert store.has_ready(owner, now=self.now) == bool(self._claimable(owner))
         claims = store.claim(owner, now=self.now, limit=limit, lease=lease)
         # A claim times out everything overdue in its frame and never hands it out; what
         # those timeouts wake is not claimable before the next claim.

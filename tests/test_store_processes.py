@@ -27,11 +27,11 @@ from tests.helpers import Spawn
 # is released instead of completed (and its late completion must be refused).
 WORKER = r"""
 import json, os, sys, time
-from runner.store import open_store, State, StaleClaim
+from runner.store import WORK, open_store, State, StaleClaim
 root, owner, limit, release_every, out = sys.argv[1:6]
 limit, release_every = int(limit), int(release_every)
 s = open_store(root)
-watch = s.watch()
+watch = s.watch(WORK)
 print("ready", flush=True)
 sys.stdin.read(1)
 events, n = [], 0

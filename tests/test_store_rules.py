@@ -105,7 +105,7 @@ def test_a_read_shows_an_overdue_promise_timed_out_before_any_write(s: DirStore,
     assert s.get("a", now=99.9).state is State.PENDING
     shown = s.get("a", now=100.0)
     assert timed_out_at(shown, 100.0) and shown.attempt == 1
-    assert s.get("a", fresh=False, now=100.0) == shown
+    assert s.get("a", now=100.0) == shown
     assert s.children("a", now=100.0)[0].state is State.REJECTED_TIMEDOUT
     assert [p.id for p in s.search(state=State.REJECTED_TIMEDOUT, now=100.0).items] == ["a", "a.0"]
     assert s.stats(now=100.0).by_state["rejected_timedout"] == 2

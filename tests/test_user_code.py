@@ -112,7 +112,7 @@ def test_a_workflow_raising_a_base_exception_is_rejected(ws: Workspace) -> None:
 def _with_cleanup_run(tmp_path: Path) -> tuple[DirStore, WorkflowRun]:
     store = DirStore(tmp_path / "store")
     root = store.create([NewPromise("wf", "with_cleanup", ["unused"])])[0]
-    ctx = Context(root, [], registry, lambda pid: store.get(pid, fresh=False))
+    ctx = Context(root, [], registry, lambda pid: store.get(pid))
     return store, WorkflowRun(ctx, registry.lookup("with_cleanup").fn(ctx, "unused"))
 
 

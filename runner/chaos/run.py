@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.store import Promise, PromiseStore, State, StoreError, Task, open_store
+from runner.store import CHANGES, Promise, PromiseStore, State, StoreError, Task, open_store
 
 from .. import effects
 from ..errors import RunnerError
@@ -102,7 +102,7 @@ class Round:
     def run(self) -> Report:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._store = open_store(str(self.store_dir))
-        watch = self.store.watch()
+        watch = self.store.watch(CHANGES)
         kill: Kill | None = None
         snapshot: Snapshot | None = None
         try:
