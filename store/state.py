@@ -107,6 +107,9 @@ class StoreState:
         # Waiting ones are indexed too, so a dead owner's release clears them: else a
         # workflow woken after its worker died would wait out the grace for a dead worker.
         self.affine: dict[str, set[str]] = {}
+        # owner -> the ready ones among them: what a claim by that owner takes first, found
+        # without looking at the thousands it may have waiting.
+        self.ready_affine: dict[str, set[str]] = {}
         self.leases: list[tuple[float, str]] = []  # (expires_at, id); checked when popped
         self.timeouts: list[tuple[float, str]] = []  # (timeout, id); checked when popped
         self.timers: list[tuple[float, str]] = []  # (due, id) of pending timers; checked when popped
@@ -203,6 +206,7 @@ class StoreState:
             task.owner = None
         if task.affinity is not None:
             self.affine.get(task.affinity, set()).discard(pid)
+            self.ready_affine.get(task.affinity, set()).discard(pid)
             task.affinity = None
         for awaited in task.awaiting:
             self.callbacks.get(awaited, set()).discard(pid)
@@ -210,6 +214,8 @@ class StoreState:
 
     def _make_ready(self, pid: str, task: TaskRecord) -> None:
         self.ready[pid] = None
+        if task.affinity is not None:
+            self.ready_affine.setdefault(task.affinity, set()).add(pid)
         if task.front:
             self.ready.move_to_end(pid, last=False)
 
@@ -284,6 +290,7 @@ class StoreState:
                 task = self.tasks[pid]
                 self._release(pid, 0.0, task.attempt, task.last_error, None, at)
         for who in ([owner] if owner is not None else list(self.affine)):
+            self.ready_affine.pop(who, None)
             for pid in self.affine.pop(who, ()):
                 self.tasks[pid].affinity = None
 
@@ -306,7 +313,7 @@ class StoreState:
         to that worker for `grace` seconds, then anyone may take it.
         """
         self.promote(now)
-        yield from sorted(pid for pid in self.affine.get(owner, ()) if pid in self.ready)
+        yield from sorted(self.ready_affine.get(owner, ()))
         for pid in self.ready:
             task = self.tasks[pid]
             if task.affinity is None or (task.affinity != owner and task.ready_since + grace <= now):

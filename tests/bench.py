@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.store import DirStore, NewPromise, State
+from runner.store.state import WAIT
 
 REPO = Path(__file__).resolve().parent.parent
 N = 2000  # timed operations per measurement
@@ -282,6 +283,10 @@ def claim_scaling(b: Bench) -> list[Row]:
                 rows.append(t.row("claim, 100,000 stored, 50,000 claimed"))
     target, result = verdict(medians[100_000] / medians[100], 1.5)
     rows[2].target, rows[2].result = f"{target} claim@100", result
+    row = _claim_beside_waiting(b.path("affine"))
+    target, result = verdict(row.median_ms / 1e3 / medians[100], 1.2)
+    row.target, row.result = f"{target} claim@100", result
+    rows.append(row)
     compact = Timings()  # what one write pays every SEGMENT_BYTES of log, holding the lock
     with closing(DirStore(big)) as s:
         for _ in range(3):
@@ -299,6 +304,25 @@ def claim_scaling(b: Bench) -> list[Row]:
     row.ops = None
     rows.append(row)
     return rows
+
+
+def _claim_beside_waiting(path: Path, waiting: int = 100_000) -> Row:
+    """Claim latency by a worker with `waiting` workflows suspended with affinity to it
+    (built with raw frames: 100,000 suspends one by one would take half a minute)."""
+    with closing(DirStore(path)) as s:
+        for start in range(0, waiting, 5000):
+            ids = range(start, min(waiting, start + 5000))
+            s.create([new(f"wf-{i:06d}") for i in ids] + [new(f"wf-{i:06d}.0", runnable=False) for i in ids])
+            claims = s.claim("w", limit=5000)
+            with s._locked():
+                s._commit([[WAIT, c.id, [f"{c.id}.0"], "w"] for c in claims])
+        s.create([new(f"r-{i:03d}") for i in range(100)])
+        t = Timings()
+        for _ in range(300):
+            with t.one():
+                [c] = s.claim("w")
+            s.release(c.id, c.counter)
+        return t.row(f"claim, {waiting:,} workflows waiting with affinity to the claimer")
 
 
 SECTIONS: list[Section] = [floors, single_process, two_processes, claim_scaling]
