@@ -7,10 +7,11 @@ is described in layout.py.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -77,14 +78,33 @@ class DirStore(Replica):
         now = time.time() if now is None else now
         with self._locked():
             self._commit(self._create_ops(promises, now))
-            return [self.state.promises[new.id] for new in promises]
+            return [self._stored(new.id) for new in promises]
 
     def get(self, promise_id: str, *, now: float | None = None) -> Promise | None:
         """The promise as of `now` (timed out once overdue, swept or not)."""
         now = time.time() if now is None else now
         with self._locked():
-            p = self.state.promises.get(promise_id)
+            p = self._lookup(promise_id)
             return None if p is None else self.state.seen(p, now)
+
+    def _lookup(self, pid: str) -> Promise | None:
+        """The promise, from the live state or else from the history database."""
+        p = self.state.promises.get(pid)
+        if p is None and self.state.archive_high:
+            p = self.archive.get(pid)
+        return p
+
+    def _stored(self, pid: str) -> Promise:
+        p = self._lookup(pid)
+        assert p is not None, f"{pid} was just stored"
+        return p
+
+    def _archived(self, new: NewPromise) -> bool:
+        """Whether `new`'s id is taken in the history database. A child of a held parent is
+        held too (StoreState.complete_runs), so only the others are looked up there."""
+        if not self.state.archive_high or (new.parent is not None and new.parent in self.state.promises):
+            return False
+        return self.archive.get(new.id) is not None
 
     def task(self, promise_id: str) -> Task | None:
         with self._locked():
@@ -95,29 +115,53 @@ class DirStore(Replica):
         """The children of `parent` in creation order, each as `get` sees it at `now`."""
         now = time.time() if now is None else now
         with self._locked():
-            promises, seen = self.state.promises, self.state.seen
-            return [seen(promises[c], now) for c in self.state.children.get(parent, ())]
+            return self._children(parent, now)
+
+    def _children(self, parent: str, now: float) -> list[Promise]:
+        promises, seen = self.state.promises, self.state.seen
+        held = [seen(promises[c], now) for c in self.state.children.get(parent, ())]
+        if parent in promises or not self.state.archive_high:
+            return held
+        return self.archive.children(parent) + held  # archived first: created before any held
 
     def search(self, *, state: State | None = None, parent: str | None = None,
                prefix: str | None = None, limit: int = 100, cursor: int = 0,
                now: float | None = None, tags: Mapping[str, Any] | None = None) -> Page:
         """Promises in creation order, filtered (`tags`: each of these tags has this value),
-        each as `get` sees it at `now`; page with the returned cursor."""
+        each as `get` sees it at `now`; page with the returned cursor. The live state and
+        the history database are merged by creation number, which is also the cursor."""
         now = time.time() if now is None else now
-        with self._locked():
-            seen = self.state.seen
-            if parent is not None:
-                pool = [seen(self.state.promises[c], now) for c in self.state.children.get(parent, ())]
-            else:
-                pool = [seen(p, now) for p in self.state.promises.values()]
         wanted = list((tags or {}).items())
-        matches = [p for p in pool[cursor:] if (state is None or p.state is state)
-                   and (prefix is None or p.id.startswith(prefix))
-                   and all(k in p.tags and p.tags[k] == v for k, v in wanted)]
-        items = matches[:limit]
-        if len(matches) <= limit:
-            return Page(items, None)
-        return Page(items, pool.index(matches[limit], cursor))
+
+        def match(p: Promise) -> bool:
+            return ((state is None or p.state is state) and (prefix is None or p.id.startswith(prefix))
+                    and all(k in p.tags and p.tags[k] == v for k, v in wanted))
+
+        with self._locked():
+            if parent is not None:
+                return _page(self._children(parent, now), cursor, limit, match)
+            seen, numbers = self.state.seen, self.state.numbers
+            live = ((numbers[pid], seen(p, now)) for pid, p in self.state.promises.items()
+                    if numbers[pid] >= cursor)
+            found = (entry for entry in heapq.merge(self._archived_from(cursor, state, limit), live,
+                                                    key=lambda entry: entry[0])
+                     if match(entry[1]))
+            items = list(itertools.islice(found, limit + 1))
+        if len(items) <= limit:
+            return Page([p for _, p in items], None)
+        return Page([p for _, p in items[:limit]], items[limit][0])
+
+    def _archived_from(self, start: int, state: State | None, limit: int) -> Iterator[tuple[int, Promise]]:
+        """(number, promise) of the archived promises from creation number `start` on."""
+        after = start - 1
+        while self.state.archive_high:
+            rows = self.archive.page(after, max(limit + 1, 256), state)
+            if not rows:
+                return
+            for number, p in rows:
+                if p.id not in self.state.promises:  # held too: a pass cut short by a crash
+                    yield number, p
+            after = rows[-1][0]
 
     def settle(self, promise_id: str, state: State, value: Any = None,
                now: float | None = None) -> Promise:
@@ -130,7 +174,7 @@ class DirStore(Replica):
             raise ValueError("settle needs a final state")
         now = time.time() if now is None else now
         with self._locked():
-            p = self.state.promises.get(promise_id)
+            p = self._lookup(promise_id)
             if p is None:
                 raise NotFound(promise_id)
             if p.settled:
@@ -292,19 +336,21 @@ class DirStore(Replica):
         with self._locked():
             self._fenced(promise_id, counter)
             ops = self._create_ops(creates, now)
-            created = {new.id for new in creates}
-            unknown = [a for a in awaiting if a not in self.state.promises and a not in created]
+            created = {op[1][0] for op in ops}  # not the ids of `creates` that exist already
+            held = self.state.promises
+            found = {a: held.get(a) or self._lookup(a) for a in dict.fromkeys(awaiting) if a not in created}
+            unknown = [a for a, p in found.items() if p is None]
             if unknown:
                 raise NotFound(unknown[0])  # waiting on it would wait forever
             unique = list(dict.fromkeys(awaiting))  # an id awaited twice settles once
-            settled = [self.state.promises[a].state for a in unique
-                       if a in self.state.promises and self.state.promises[a].settled]
+            settled = [p.state for p in found.values() if p is not None and p.settled]
             remaining = len(unique) - len(settled)
             holds = any(wake.holds(s, remaining) for s in settled)
             if not holds:
                 # The field `wake` is written only when it is not the old behaviour,
-                # so a frame of a plain await is what older code wrote.
-                ops.append([WAIT, promise_id, list(awaiting), affinity]
+                # so a frame of a plain await is what older code wrote. An archived one
+                # is left out: it has settled, and no other process holds it any more.
+                ops.append([WAIT, promise_id, [a for a in awaiting if a in held or a in created], affinity]
                            + ([] if wake is Wake.FIRST else [wake.value]))
             self._commit(ops)
             return not holds
@@ -316,7 +362,7 @@ class DirStore(Replica):
             check_id(new.id)
             if new.parent is not None:
                 check_id(new.parent)
-            if new.id in self.state.promises or new.id in seen:
+            if new.id in self.state.promises or new.id in seen or self._archived(new):
                 continue
             seen.add(new.id)
             p = Promise(new.id, State.PENDING, new.func, list(new.args), new.parent, dict(new.tags),
@@ -422,8 +468,22 @@ class DirStore(Replica):
     # -- retention --------------------------------------------------------------------
 
     def gc(self, settled_before: float, now: float | None = None) -> list[str]:
-        """Remove every whole run whose root settled before `settled_before`; returns their roots."""
-        raise NotImplementedError("retention comes with the history store")
+        """Remove every whole run that settled before `settled_before`; returns their roots.
+
+        Every whole settled run is archived first, then removed from the history database
+        in one transaction. A run with a promise still pending anywhere in it is not whole:
+        kept, as is an archived run that a live promise was created under since.
+        """
+        self.archive_settled()
+        with self._compaction(wait=True), self._locked():
+            old = self.archive.settled_before(settled_before)
+            held = self.state.promises
+            under = [p.parent for p in held.values() if p.parent is not None and p.parent not in held]
+            keep = self.archive.roots_of(list(dict.fromkeys(under)))
+            gone = [root for root in old if root not in keep]
+            if gone:
+                self.archive.remove(gone)
+            return gone
 
     # -- inspection -----------------------------------------------------------------
 
@@ -437,6 +497,8 @@ class DirStore(Replica):
         with self._locked():
             self.state.promote(now)
             by_state: dict[str, int] = {s.value: 0 for s in State}
+            for name, n in (self.archive.counts() if self.state.archive_high else {}).items():
+                by_state[name] += n
             for p in self.state.promises.values():
                 by_state[self.state.seen(p, now).state.value] += 1
             tasks = self.state.tasks.values()
@@ -447,3 +509,11 @@ class DirStore(Replica):
                          # entries of tasks settled or released since.
                          sum(t.state is TaskState.READY and t.not_before > now for t in tasks),
                          len(self.state.parked))
+
+
+def _page(pool: list[Promise], cursor: int, limit: int, match: Callable[[Promise], bool]) -> Page:
+    """The first `limit` matches of pool[cursor:], and the place of the next one (None: no more)."""
+    matches = [p for p in pool[cursor:] if match(p)]
+    if len(matches) <= limit:
+        return Page(matches, None)
+    return Page(matches[:limit], pool.index(matches[limit], cursor))

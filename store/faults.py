@@ -13,6 +13,9 @@ Points (all in store/):
   ``append.before_sync``    log.py: the whole frame is written, not yet fdatasync'd
   ``append.after_sync``     log.py: the frame is durable, not yet applied or acknowledged
   ``compact.after_rotate``  replica.py: the new segment exists, the snapshot is not written
+  ``archive.after_add``     replica.py: whole runs are in the history database, no frame says so
+  ``archive.after_frame``   replica.py: the ARCHIVE frame is durable, the snapshot not written
+  ``compact.after_temp``    replica.py: the new snapshot is on disk under its temporary name
   ``compact.after_snapshot`` replica.py: the snapshot is in place, old segments not removed
   ``locked.hold``           replica.py: the store lock is held, nothing is read or written yet
 

@@ -87,7 +87,8 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _write_temp(path: Path, data: bytes) -> Path:
+def write_temp(path: Path, data: bytes) -> Path:
+    """`data` in a new temporary file beside `path`, on disk: rename it into place to publish it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # A crashed process of the same pid may have left this name (as a file, or a planted
     # link): remove it and create anew, so nothing it points at is ever written.
@@ -112,7 +113,7 @@ def create_once(path: Path, data: bytes) -> bool:
     unlike rename, never replaces an existing file, and nobody ever sees a
     half-written file under the final name.
     """
-    tmp = _write_temp(path, data)
+    tmp = write_temp(path, data)
     try:
         os.link(tmp, path)
         created = True
@@ -126,6 +127,6 @@ def create_once(path: Path, data: bytes) -> bool:
 
 def write_replace(path: Path, data: bytes) -> None:
     """Replace `path` atomically: a crash leaves the old or the new content, never a mix."""
-    tmp = _write_temp(path, data)
+    tmp = write_temp(path, data)
     os.rename(tmp, path)
     sync_dir(path.parent)  # the rename itself must survive a crash

@@ -6,8 +6,12 @@ Layout::
       FORMAT      format name, version and the store's random id (created once, never replaced)
       lock        flock'ed around every read and write of the log (never unlinked)
       supervisor.lock   held by the one running supervisor (never unlinked)
+      compact.lock      held by the one process compacting the log (never unlinked)
       snapshot    a header frame (store id, the segment it continues in, that segment's
-                  `prev`), then the whole state up to the start of that segment (atomic replace)
+                  `prev`), then the live state up to the start of that segment (atomic replace)
+      history/runs.db   the settled history: whole runs moved out of the live state, in an
+                  SQLite database indexed by id, parent and root (archive.py), with its -wal
+                  and -shm files
       log/NNNNNNNN.seg   a header frame (store id, number, `prev`: the previous segment's size
                   and last frame's checksum), then append-only frames; each frame is one
                   atomic batch of operations
@@ -33,7 +37,7 @@ FORMAT_NAME = "fanout-runner-store"
 # 2: FORMAT names the store's id; each segment and the snapshot start with a header
 # naming it and their place in the sequence; frame headers carry their own checksum.
 FORMAT_VERSION = 2
-_KNOWN = {"FORMAT", "lock", "snapshot", "log", "supervisor.lock"}
+_KNOWN = {"FORMAT", "lock", "snapshot", "log", "supervisor.lock", "compact.lock", "history"}
 
 
 def leftover_temp(name: str, stem: str) -> bool:

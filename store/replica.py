@@ -1,8 +1,10 @@
-"""A store's state, replicated in each process from the shared log.
+"""A store's live state, replicated in each process from the shared log.
 
 A change is built under the lock from a state that has caught up with the log,
 appended as one frame, fdatasync'd, and only then applied and acknowledged.
-Past a size the state is snapshotted and the segments it covers are dropped.
+Past a size the log is compacted, outside the lock: whole settled runs move to the
+history database (archive.py), the rest is snapshotted, and the segments the
+snapshot covers are dropped.
 """
 
 from __future__ import annotations
@@ -11,19 +13,25 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from filelock import lock_descriptor, unlock_descriptor
+
 from . import codec, faults, validate
+from .archive import Archive, Run
 from .errors import CorruptStore, NotSerializable, StoreError, StoreIOError, StoreUnavailable
-from .fsutil import io_error, read_file, write_replace
+from .fsutil import io_error, open_file, read_file, sync_dir, write_temp
 from .layout import check_dir, create, leftover_temp, prepare_dir, store_id
 from .log import Log, Overtaken, piece_header
-from .state import StoreState
+from .state import ARCHIVE, StoreState
 from .watch import Watch
 
-SEGMENT_BYTES = 8 << 20  # past this (and the last snapshot's size), the state is snapshotted
+# Past this (and the last snapshot's size), the log is compacted. Small, so that opening
+# (the snapshot, then the log after it) stays well under 0.3 s; compaction holds the lock
+# only to write a frame and to rename, so doing it often costs no process a wait.
+SEGMENT_BYTES = 1 << 20
 _log = logging.getLogger(__name__)
 # What decoding or applying a frame's content can raise; validate.py checks first, and
 # the handlers' own lookups (KeyError, ...) are the backstop for what it does not.
@@ -47,6 +55,8 @@ class Replica:
         self._pid = os.getpid()  # see _locked: a handle must not cross a fork
         self._closed = False
         self._damage: CorruptStore | None = None  # met while catching up: every later call fails
+        self._compact_due = False  # this process sealed a segment: it compacts once it unlocks
+        self._compacting = threading.Lock()
         self.state = StoreState()
         try:
             with self._log.locked():
@@ -55,9 +65,12 @@ class Replica:
                     create(self.root, self._first_segment)
                     found = store_id(self.root)
                 self._log.store_id = str(found)
+                self.archive = Archive(self.root, self._log.store_id, writable=self.writable)
                 self._load()
         except BaseException:
             self._log.close()  # a refused open must not leak the lock's descriptor
+            if hasattr(self, "archive"):
+                self.archive.close()
             raise
 
     def _first_segment(self, store: str) -> None:
@@ -82,7 +95,7 @@ class Replica:
             raise CorruptStore(str(self._log.dir), 0, "missing: the store's log directory") from None
         segments = self._log.segments()
         if snapshot.exists() or snapshot.is_symlink():
-            start, prev, self.state = self._read_snapshot(snapshot)
+            start, prev, self.state, self._snapshot_bytes = self._read_snapshot(snapshot)
             if self._log.start_at(start) != prev:
                 raise CorruptStore(str(self._log.path(start)), 0,
                                    "is not the segment the snapshot continues in")
@@ -102,11 +115,12 @@ class Replica:
                     with contextlib.suppress(OSError):
                         os.unlink(self.root / name)
         self._sync()
+        self.archive.check(self.state.archive_high)
         if self.writable:
             self._log.remove_below(start)
 
-    def _read_snapshot(self, path: Path) -> tuple[int, list[int] | None, StoreState]:
-        """(segment it continues in, that segment's `prev`, state): a header frame, then the body."""
+    def _read_snapshot(self, path: Path) -> tuple[int, list[int] | None, StoreState, int]:
+        """(segment it continues in, that segment's `prev`, state, size): a header frame, then the body."""
         try:
             data = read_file(path)
         except StoreUnavailable as exc:
@@ -123,8 +137,7 @@ class Replica:
             state = StoreState.from_snapshot(body)
         except APPLY_ERRORS as exc:
             raise CorruptStore(str(path), body_at, f"snapshot body cannot be applied: {exc}") from None
-        self._snapshot_bytes = len(data)
-        return header["segment"], header["prev"], state
+        return header["segment"], header["prev"], state, len(data)
 
     @staticmethod
     def _snapshot_frame(path: Path, data: bytes, offset: int,
@@ -146,13 +159,11 @@ class Replica:
             return
         for segment, offset, payload in frames:
             try:
-                for op in validate.frame_ops(codec.unpack(payload)):
-                    validate.operation(op, self.state)
-                    self._apply(op)
-            except APPLY_ERRORS as exc:
+                _apply_frame(payload, self.state, self._apply)
+            except CorruptStore as exc:
                 # Part of the frame may be applied, and the cursor is past it: this
                 # handle's state is no longer the log's, so it serves nothing more.
-                self._damage = CorruptStore(str(self._log.path(segment)), offset, str(exc))
+                self._damage = CorruptStore(str(self._log.path(segment)), offset, exc.reason)
                 raise self._damage from None
 
     def _apply(self, op: list[Any]) -> None:
@@ -174,10 +185,14 @@ class Replica:
                              "open a new one in this process (after fork)")
         if self._damage is not None:
             raise self._damage
-        with self._mutex, self._log.locked():
-            faults.crash_point("locked.hold")
-            self._sync()
-            yield
+        with self._mutex:
+            with self._log.locked():
+                faults.crash_point("locked.hold")
+                self._sync()
+                yield
+            due, self._compact_due = self._compact_due, False
+        if due:
+            self._compact_quietly()
 
     def _commit(self, ops: list[list[Any]]) -> None:
         """Append the operations as one durable frame, then apply them. Call under the lock."""
@@ -197,31 +212,115 @@ class Replica:
         self._log.append(payload)
         for op in decoded:  # apply exactly what every other process will read
             self.state.apply(op)
-        # Compacting rewrites the whole state: wait until the log is at least as big as
-        # the last snapshot, so a large store is not rewritten every few megabytes.
-        if self._log.offset > max(SEGMENT_BYTES, self._snapshot_bytes):
+        # Compacting rewrites the live state: wait until the log is at least as big as
+        # the last snapshot, so a large one is not rewritten every megabyte.
+        if self._log.offset > max(SEGMENT_BYTES, self._snapshot_bytes) and not self._compacting.locked():
             try:
-                self._compact()
-            except (OSError, StoreIOError) as exc:
-                # The change is durable and applied: report it done. The log is still
-                # whole without the snapshot; the next full segment tries again.
-                _log.warning("compacting store %s failed: %s", self.root, exc)
+                self._log.rotate()  # the sealed segments are what compaction reads, unlocked
+            except StoreIOError as exc:
+                # The change is durable and applied: report it done. The next frame tries again.
+                _log.warning("sealing a log segment of %s failed: %s", self.root, exc)
+                return
+            faults.crash_point("compact.after_rotate")
+            self._compact_due = True
+
+    # -- compaction: outside the lock but for a frame and a rename --------------------
+
+    def _compact_quietly(self) -> None:
+        try:
+            self._compact()
+        except (OSError, StoreIOError) as exc:
+            # Whatever failed, the log is whole without it: the next sealed segment tries again.
+            _log.warning("compacting store %s failed: %s", self.root, exc)
 
     @codec.gc_paused()
     def _compact(self) -> None:
-        """Snapshot the state, continue in a new segment, drop what the snapshot covers."""
-        segment = self._log.rotate()
-        faults.crash_point("compact.after_rotate")
-        # The header ties the snapshot to this store and to the very segment it continues in.
-        header = {"store": self._log.store_id, "segment": segment, "prev": self._log.prev}
-        data = codec.frame(codec.pack(header)) + codec.frame(codec.pack(self.state.to_snapshot()))
+        """Build the state at the newest segment from the sealed ones, move its whole settled
+        runs to the history database, snapshot the rest, drop the segments it covers.
+
+        Only the ARCHIVE frame and the snapshot's rename take the store lock; reading
+        and writing everything else happen while other processes go on.
+        """
+        with self._compaction() as mine:
+            if not mine:
+                return  # another process compacts now; the next sealed segment is ours
+            newest = self._log.segments()[-1]
+            start, state = self._state_before(newest)
+            if start == newest:
+                return
+            op = self._archive(state.complete_runs())
+            if op is not None:
+                state.apply(op)
+            header = {"store": self._log.store_id, "segment": newest, "prev": self._log.header_prev(newest)}
+            data = codec.frame(codec.pack(header)) + codec.frame(codec.pack(state.to_snapshot()))
+            try:
+                tmp = write_temp(self.root / "snapshot", data)
+            except OSError as exc:
+                raise io_error(exc, "writing a snapshot") from None
+            faults.crash_point("compact.after_temp")
+            with self._locked():
+                os.rename(tmp, self.root / "snapshot")
+                sync_dir(self.root)
+                self._snapshot_bytes = len(data)
+                faults.crash_point("compact.after_snapshot")
+                self._log.remove_below(newest)
+
+    def _state_before(self, newest: int) -> tuple[int, StoreState]:
+        """(where the snapshot starts, the state at the start of segment `newest`), from the
+        snapshot and the sealed segments: no process appends to those any more."""
+        snapshot = self.root / "snapshot"
+        if snapshot.exists() or snapshot.is_symlink():
+            start, _, state, _ = self._read_snapshot(snapshot)
+        else:
+            start, state = 1, StoreState()
+        for number in range(start, newest):
+            for offset, payload in self._log.sealed_frames(number):
+                try:
+                    _apply_frame(payload, state, state.apply)
+                except CorruptStore as exc:
+                    raise CorruptStore(str(self._log.path(number)), offset, exc.reason) from None
+        return start, state
+
+    def _archive(self, runs: list[Run]) -> list[Any] | None:
+        """Put whole settled runs in the history database, then say so in one frame, which
+        drops them from every process's memory. Returns that frame's operation."""
+        if not runs:
+            return None
+        high = self.archive.add(runs)
+        faults.crash_point("archive.after_add")
+        op = [ARCHIVE, [root for root, _ in runs], high]
+        with self._locked():
+            self._commit([op])
+        faults.crash_point("archive.after_frame")
+        return op
+
+    def archive_settled(self) -> int:
+        """Move every whole settled run to the history database now; returns how many."""
+        with self._compaction(wait=True):
+            with self._locked():
+                runs = self.state.complete_runs()
+            self._archive(runs)
+            return len(runs)
+
+    @contextlib.contextmanager
+    def _compaction(self, *, wait: bool = False) -> Iterator[bool]:
+        """One compaction (or archiving pass) at a time: in this process, and in the store."""
+        if not self._compacting.acquire(blocking=wait):
+            yield False
+            return
+        fd = None
         try:
-            write_replace(self.root / "snapshot", data)
-        except OSError as exc:
-            raise io_error(exc, "writing a snapshot") from None
-        self._snapshot_bytes = len(data)
-        faults.crash_point("compact.after_snapshot")
-        self._log.remove_below(segment)
+            if self.writable:
+                fd = open_file(self.root / "compact.lock", os.O_RDWR | os.O_CREAT)
+                if not lock_descriptor(fd, blocking=wait):
+                    yield False
+                    return
+            yield True
+        finally:
+            if fd is not None:
+                unlock_descriptor(fd)
+                os.close(fd)
+            self._compacting.release()
 
     def refresh(self) -> None:
         """Catch up with what other processes wrote."""
@@ -240,3 +339,14 @@ class Replica:
             return
         self._closed = True
         self._log.close()
+        self.archive.close()
+
+
+def _apply_frame(payload: bytes, state: StoreState, apply: Callable[[list[Any]], None]) -> None:
+    """Check and apply each operation of a frame; CorruptStore (without a place) if one cannot be."""
+    try:
+        for op in validate.frame_ops(codec.unpack(payload)):
+            validate.operation(op, state)
+            apply(op)
+    except APPLY_ERRORS as exc:
+        raise CorruptStore("", 0, str(exc)) from None

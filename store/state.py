@@ -31,6 +31,7 @@ _WAKES = {w.value: w for w in Wake}
 CREATE, SETTLE, CLAIM, HEARTBEAT, RELEASE, WAIT, RELEASE_OWNER = "c", "s", "k", "h", "r", "w", "o"
 # Added later: a log without them reads as before.
 PARK, UNPARK = "p", "u"
+ARCHIVE = "a"  # [a, roots, high]: these whole runs are in the history database (archive.py) up to row high
 
 
 class TaskRecord:
@@ -114,6 +115,13 @@ class StoreState:
         self.timeouts: list[tuple[float, str]] = []  # (timeout, id); checked when popped
         self.timers: list[tuple[float, str]] = []  # (due, id) of pending timers; checked when popped
         self.parked: set[str] = set()  # ids of parked tasks, so finding them never scans every task
+        # The history database's last row as of the ARCHIVE frames applied: it must hold at
+        # least that many (0: nothing was ever archived, and it need not exist).
+        self.archive_high = 0
+        # Each promise's place in creation order (1, 2, ...): the history database keeps it
+        # as its row number, so a listing of both stays in creation order.
+        self.numbers: dict[str, int] = {}
+        self.created = 0
 
     # -- applying operations ------------------------------------------------
 
@@ -148,6 +156,11 @@ class StoreState:
             self._park(op[1], op[2])
         elif code == UNPARK:
             self._unpark(op[1], op[2])
+        elif code == ARCHIVE:
+            for root in op[1]:
+                if self.complete(root):
+                    self._drop_run(root)
+            self.archive_high = max(self.archive_high, op[2])
         else:
             raise ValueError(f"unknown operation {code!r}")
 
@@ -155,6 +168,8 @@ class StoreState:
         if p.id in self.promises:
             return
         self.promises[p.id] = p
+        self.created += 1
+        self.numbers[p.id] = self.created
         if p.parent is not None:
             self.children.setdefault(p.parent, []).append(p.id)
         if p.settled:
@@ -185,7 +200,7 @@ class StoreState:
         """Index a waiting task under each promise it awaits that may still settle."""
         task.remaining = 0
         for awaited in dict.fromkeys(task.awaiting):  # an id awaited twice settles once
-            if not self.promises[awaited].settled:
+            if self.pending(awaited):
                 task.remaining += 1
                 self.callbacks.setdefault(awaited, set()).add(pid)
 
@@ -294,6 +309,45 @@ class StoreState:
             for pid in self.affine.pop(who, ()):
                 self.tasks[pid].affinity = None
 
+    def _drop_run(self, root: str) -> None:
+        """Forget a whole settled run: it is in the history database now."""
+        stack = [root]
+        while stack:
+            pid = stack.pop()
+            del self.promises[pid]
+            del self.numbers[pid]
+            stack.extend(self.children.pop(pid, ()))
+
+    # -- runs ------------------------------------------------------------------
+
+    def run(self, root: str) -> list[tuple[int, Promise]] | None:
+        """(number, promise) of the run at `root`, each parent before its children, if all have settled."""
+        out, stack = [], [root]
+        while stack:
+            p = self.promises[stack.pop()]
+            if not p.settled:
+                return None
+            out.append((self.numbers[p.id], p))
+            stack.extend(reversed(self.children.get(p.id, ())))
+        return out
+
+    def complete(self, root: str) -> bool:
+        p = self.promises.get(root)
+        return p is not None and p.parent is None and self.run(root) is not None
+
+    def complete_runs(self) -> list[tuple[str, list[tuple[int, Promise]]]]:
+        """Every whole settled run held here: what the history database can take.
+
+        A run is a root (no parent) and all below it. A promise created under a parent
+        that is not held (archived, or never created) is never archived: so a child of a
+        held parent is held too, and create() needs the database only for the others.
+        """
+        found = []
+        for pid, p in self.promises.items():
+            if p.settled and p.parent is None and (promises := self.run(pid)) is not None:
+                found.append((pid, promises))
+        return found
+
     # -- queries the writer uses to build operations ------------------------
 
     def promote(self, now: float) -> None:
@@ -349,7 +403,7 @@ class StoreState:
 
     def next_timer(self) -> float | None:
         """When the earliest pending timer is due; settled ones are dropped from the heap here."""
-        while self.timers and self.promises[self.timers[0][1]].settled:
+        while self.timers and not self.pending(self.timers[0][1]):
             heapq.heappop(self.timers)
         return self.timers[0][0] if self.timers else None
 
@@ -362,9 +416,14 @@ class StoreState:
         out = []
         while heap and heap[0][0] <= now:
             _, pid = heapq.heappop(heap)
-            if not self.promises[pid].settled:
+            if self.pending(pid):
                 out.append(pid)
         return out
+
+    def pending(self, pid: str) -> bool:
+        """Held here and pending (a heap's entry may name one settled, or archived, since)."""
+        p = self.promises.get(pid)
+        return p is not None and not p.settled
 
     def seen(self, p: Promise, now: float) -> Promise:
         """`p` as a reader sees it at `now`: timed out once past its deadline, swept or not.
@@ -391,7 +450,9 @@ class StoreState:
 
     def to_snapshot(self) -> list[Any]:
         return [[promise_to_list(p) for p in self.promises.values()],
-                [[pid, t.to_list()] for pid, t in self.tasks.items()]]
+                [[pid, t.to_list()] for pid, t in self.tasks.items()],
+                {"archive_high": self.archive_high, "created": self.created,
+                 "numbers": list(self.numbers.values())}]
 
     @classmethod
     def from_snapshot(cls, data: list[Any]) -> StoreState:
@@ -410,4 +471,10 @@ class StoreState:
         heapq.heapify(state.timers)
         for pid, fields in data[1]:
             state._add_task(pid, TaskRecord.from_list(fields))
+        if len(data) > 2:
+            state.archive_high, state.created = data[2]["archive_high"], data[2]["created"]
+            state.numbers = dict(zip(promises, data[2]["numbers"], strict=True))
+        else:  # written before the history database: numbered in the order it holds them
+            state.numbers = {pid: n for n, pid in enumerate(promises, 1)}
+            state.created = len(promises)
         return state

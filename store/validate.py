@@ -18,7 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import codec
-from .state import CLAIM, CREATE, HEARTBEAT, PARK, RELEASE, RELEASE_OWNER, SETTLE, UNPARK, WAIT, StoreState
+from .state import (
+    ARCHIVE,
+    CLAIM,
+    CREATE,
+    HEARTBEAT,
+    PARK,
+    RELEASE,
+    RELEASE_OWNER,
+    SETTLE,
+    UNPARK,
+    WAIT,
+    StoreState,
+)
 from .types import TIMER, TIMER_DUE, State, TaskState, Wake
 
 
@@ -125,11 +137,15 @@ OPS: dict[str, Op] = {
     CLAIM: Op((_known_task, _STR, _INT, _NUM, _NUM)),
     HEARTBEAT: Op((_STR, _NUM)),
     RELEASE: Op((_known_task, _NUM, _INT, _any, _OPT_STR, _NUM), optional=(_BOOL,)),  # + to the front
-    WAIT: Op((_known_task, _list_of(_known_promise), _OPT_STR), optional=(_WAKE,)),  # + when to wake
+    # An awaited id may be archived by the time a snapshot is read: it has settled, so it is
+    # not waited for (StoreState._await), and only its type is checked.
+    WAIT: Op((_known_task, _list_of(_STR), _OPT_STR), optional=(_WAKE,)),  # + when to wake
     RELEASE_OWNER: Op((_OPT_STR, _NUM)),
     PARK: Op((_known_task, _any)),
     UNPARK: Op((_known_task, _NUM)),
+    ARCHIVE: Op((_list_of(_STR), _INT)),  # runs that are not whole are kept, so any id will do
 }
+EMPTY = StoreState()  # for the checks that look at no state (a record on its own)
 
 
 def operation(op: Any, state: StoreState) -> None:
@@ -177,6 +193,13 @@ def snapshot(body: Any) -> None:
     empty = StoreState()
     if type(body) is not list or len(body) < 2 or type(body[0]) is not list or type(body[1]) is not list:
         raise Invalid("a snapshot body must be [promises, tasks]")
+    if len(body) > 2:
+        extra = body[2]
+        if type(extra) is not dict or type(extra.get("archive_high")) is not int \
+                or type(extra.get("created")) is not int or type(extra.get("numbers")) is not list \
+                or len(extra["numbers"]) != len(body[0]) or any(type(n) is not int for n in extra["numbers"]):
+            raise Invalid("a snapshot's third part must number its promises and say how far the "
+                          "history database reaches")
     for i, fields in enumerate(body[0]):
         if not _plain_promise(fields):
             raise Invalid(f"promise {i}: {PROMISE(fields, empty)}")

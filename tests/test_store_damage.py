@@ -358,7 +358,7 @@ def test_failed_snapshot_does_not_fail_a_durable_change(store_dir: Path,
     def full(path: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runner.store.replica, "write_replace", full)
+    monkeypatch.setattr(runner.store.replica, "write_temp", full)
     with closing(DirStore(store_dir)) as s:
         for i in range(60):
             s.create([NewPromise(f"c{i}", "leaf", ["y" * 40])], NOW)
