@@ -40,6 +40,7 @@ from runner.store.lockholder import is_stopped
 from .errors import SupervisorRunning, UnknownFunction, WorkerDied
 from .owners import owner_id
 from .registry import Registry
+from .retention import Retention
 from .retry import policy_of
 from .worker import EXIT_STORE_FAILED, EXIT_STORE_FULL, die_with_parent, exit_store_failed, run_worker
 
@@ -57,13 +58,15 @@ STOPPED_HOLDER = 2.0  # a worker of ours stopped this long while holding the loc
 
 class Supervisor:
     def __init__(self, store: PromiseStore, store_dir: Path, registry: Registry, *, workers: int = 2,
-                 concurrency: int = 8, lease: float = DEFAULT_LEASE) -> None:
+                 concurrency: int = 8, lease: float = DEFAULT_LEASE,
+                 retention: Retention | None = None) -> None:
         self.store = store
         self.store_dir = store_dir
         self.registry = registry
         self.size = workers
         self.concurrency = concurrency
         self.lease = lease
+        self.retention = retention
         self.workers: dict[int, tuple[str, float]] = {}  # pid -> (owner, started)
         self.started = time.time()
         self._signals = 0
@@ -306,6 +309,8 @@ class Supervisor:
         """The tick's backstop: deaths nobody saw, deadlines, and claims a full disk kept."""
         self._store_call(self._give_back)
         self._store_call(lambda: self.store.expire(decide=self.after_death))
+        if self.retention is not None:
+            self._store_call(lambda: self.retention.due(self.store))  # type: ignore[union-attr]
 
     def _store_call(self, call: Callable[[], Any]) -> Any:
         """A write of the loop's own; on a full disk, said now and then and tried again later."""

@@ -1,4 +1,4 @@
-"""Durations on the command line: `500ms`, `2s`, `1.5s`, `1m`."""
+"""Durations on the command line: `500ms`, `2s`, `1.5s`, `1m`, `6h`, `7d`."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from typing import Any
 
 import click
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*\Z")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*\Z")
 
 
 def parse_duration(text: str) -> float:
-    """`500ms`, `2s`, `1.5s`, `2` (seconds), `1m` -> seconds."""
+    """`500ms`, `2s`, `1.5s`, `2` (seconds), `1m`, `6h`, `7d` -> seconds."""
     found = _DURATION.match(text)
     if found is None:
-        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 2s, 1.5s)")
+        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 2s, 1.5s, 7d)")
     number, unit = float(found.group(1)), found.group(2) or "s"
-    return number * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+    return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[unit]
 
 
 class Duration(click.ParamType):

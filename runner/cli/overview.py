@@ -1,10 +1,14 @@
-"""Overview commands: `runner tree` (one run's call graph) and `runner status` (the supervisor)."""
+"""Overview commands: `runner tree` (one run's call graph), `runner status` (the supervisor)
+and `runner gc` (retention, by hand)."""
 
 from __future__ import annotations
+
+import time
 
 import click
 
 from . import report, views
+from .durations import Duration
 from .group import Env, cli, common, emit, json_option, open_existing
 from .status import status as gather_status
 
@@ -41,3 +45,23 @@ def status(env: Env, as_json: bool) -> None:
     """
     data = gather_status(open_existing(env), env.store_dir)
     emit(data, as_json, views.status(data))
+
+
+@cli.command()
+@click.option("--older-than", "age", type=Duration(), required=True,
+              help="Remove whole runs whose every promise settled longer ago than this (e.g. 7d).")
+@json_option
+@common
+def gc(env: Env, age: float, as_json: bool) -> None:
+    """Remove old settled runs: each one whole (its root and every promise below it).
+
+    A run with anything still pending is kept, however old. The supervisor does the
+    same on a schedule when started with --retain.
+
+    \b
+    Example:
+      runner gc --older-than 30d
+    """
+    removed = open_existing(env).gc(time.time() - age)
+    lines = [f"removed {len(removed)} run{'s' if len(removed) != 1 else ''} settled over {age:g} s ago"]
+    emit({"removed": removed}, as_json, lines)

@@ -13,6 +13,7 @@ from runner.store import DEFAULT_LEASE, Promise, State
 from ..client import Client
 from ..errors import SupervisorRunning
 from ..invoke import wait
+from ..retention import Retention
 from ..supervisor import Supervisor
 from . import progress
 from .durations import Duration
@@ -26,8 +27,13 @@ from .group import EXIT_REJECTED, Env, cli, common, parse_json, to_json
 @click.option("--lease", type=Duration(), default=DEFAULT_LEASE, show_default=True,
               help="How long a claim outlives its worker's last heartbeat (every third of it), "
                    "when nobody saw the worker die.")
+@click.option("--retain", type=Duration(), default=None,
+              help="Remove whole runs settled longer ago than this (e.g. 7d); default: keep everything.")
+@click.option("--gc-every", type=Duration(), default="1h", show_default=True,
+              help="How often --retain removes what has aged out.")
 @common
-def start(env: Env, workers: int, concurrency: int, lease: float) -> None:
+def start(env: Env, workers: int, concurrency: int, lease: float, retain: float | None,
+          gc_every: float) -> None:
     """Run the supervisor and its workers until Ctrl-C or SIGTERM (a second one kills).
 
     \b
@@ -40,7 +46,9 @@ def start(env: Env, workers: int, concurrency: int, lease: float) -> None:
         raise SupervisorRunning(f"a supervisor is already running on {env.store_dir}")
     click.echo(f"runner: supervisor {os.getpid()} on {env.store_dir} with {workers} workers "
                f"x {concurrency} (Ctrl-C drains, a second Ctrl-C kills)", err=True)
-    Supervisor(store, env.store_dir, reg, workers=workers, concurrency=concurrency, lease=lease).run()
+    retention = None if retain is None else Retention(retain, gc_every)
+    Supervisor(store, env.store_dir, reg, workers=workers, concurrency=concurrency, lease=lease,
+               retention=retention).run()
     click.echo("runner: supervisor stopped", err=True)
 
 
