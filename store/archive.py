@@ -31,6 +31,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -195,19 +196,27 @@ class Archive:
     @staticmethod
     def _insert(db: sqlite3.Connection, root: str, promises: list[tuple[int, Promise]], high: int) -> int:
         """Rows numbered in creation order (the live state's numbers), so listings merge."""
-        added: dict[str, int] = {}
-        for number, p in promises:
-            cur = db.execute("INSERT OR IGNORE INTO promises VALUES (?, ?, ?, ?, ?, ?)",
-                             (number, p.id, root, p.parent, p.state.value, codec.pack(promise_to_list(p))))
-            if cur.rowcount:  # a pass that crashed before its frame may have put some already
-                added[p.state.value] = added.get(p.state.value, 0) + 1
-            high = max(high, number)
+        rows = [(number, p.id, root, p.parent, p.state.value, codec.pack(promise_to_list(p)))
+                for number, p in promises]
+        there = Counter(dict(Archive._states_of(db, root)))  # a pass that crashed before its frame
+        before = db.total_changes
+        db.executemany("INSERT OR IGNORE INTO promises VALUES (?, ?, ?, ?, ?, ?)", rows)
+        if db.total_changes - before == len(rows):
+            added = Counter(p.state.value for _, p in promises)
+        else:
+            added = Counter(dict(Archive._states_of(db, root))) - there
         db.executemany("INSERT INTO counts VALUES (?, ?) ON CONFLICT (state) DO UPDATE "
                        "SET n = n + excluded.n", list(added.items()))
+        high = max(high, max(number for number, _ in promises))
         settled = max(p.settled_at or 0.0 for _, p in promises)
         db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, (SELECT count(*) FROM promises "
                    "WHERE root = ?))", (root, settled, root))
         return high
+
+    @staticmethod
+    def _states_of(db: sqlite3.Connection, root: str) -> list[tuple[str, int]]:
+        return db.execute("SELECT state, count(*) FROM promises WHERE root = ? GROUP BY state",
+                          (root,)).fetchall()
 
     def remove(self, roots: Sequence[str]) -> None:
         """Remove whole runs in one durable transaction."""
@@ -216,8 +225,7 @@ class Archive:
             db.execute("BEGIN IMMEDIATE")
             try:
                 for root in roots:
-                    gone = db.execute("SELECT state, count(*) FROM promises WHERE root = ? GROUP BY state",
-                                      (root,)).fetchall()
+                    gone = self._states_of(db, root)
                     db.executemany("UPDATE counts SET n = n - ? WHERE state = ?", [(n, s) for s, n in gone])
                     db.execute("DELETE FROM promises WHERE root = ?", (root,))
                     db.execute("DELETE FROM runs WHERE root = ?", (root,))

@@ -12,7 +12,6 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -362,13 +361,17 @@ class DirStore(Replica):
             check_id(new.id)
             if new.parent is not None:
                 check_id(new.parent)
-            if new.id in self.state.promises or new.id in seen or self._archived(new):
+            if new.id in self.state.promises or new.id in seen:
+                continue
+            if new.parent not in seen and self._archived(new):  # a parent new here has no archived child
                 continue
             seen.add(new.id)
-            p = Promise(new.id, State.PENDING, new.func, list(new.args), new.parent, dict(new.tags),
-                        new.timeout, now)
             if new.resolved:
-                p = replace(p, state=State.RESOLVED, value=new.value, settled_at=now)
+                p = Promise(new.id, State.RESOLVED, new.func, list(new.args), new.parent, dict(new.tags),
+                            new.timeout, now, now, new.value)
+            else:
+                p = Promise(new.id, State.PENDING, new.func, list(new.args), new.parent, dict(new.tags),
+                            new.timeout, now)
             ops.append([CREATE, promise_to_list(p), new.runnable])
         return ops
 

@@ -1,6 +1,6 @@
 """`make bench`: the store's costs side by side, measured in one run (not a test).
 
-Run as ``python -m tests.bench``. It prints one aligned table: the two disk floors, the
+Run as ``python -m tests.bench [SECTION...]``. It prints one aligned table: the two disk floors, the
 latency (median, p99) and throughput of each store operation with one process and with
 two at once, claim latency as the store grows, the time to open a big store, and every
 target of the store issue with OK or MISS.
@@ -287,14 +287,6 @@ def claim_scaling(b: Bench) -> list[Row]:
     target, result = verdict(row.median_ms / 1e3 / medians[100], 1.2)
     row.target, row.result = f"{target} claim@100", result
     rows.append(row)
-    compact = Timings()  # what one write pays every SEGMENT_BYTES of log, holding the lock
-    with closing(DirStore(big)) as s:
-        for _ in range(3):
-            with s._locked(), compact.one():
-                s._compact()
-    row = compact.row("compaction (snapshot) of 100,000 promises")
-    row.ops = None
-    rows.append(row)
     opens = Timings()
     for _ in range(3):
         with opens.one():
@@ -377,10 +369,23 @@ def main(sections: Sequence[Section] = SECTIONS) -> int:
 
 
 def all_sections() -> list[Section]:
-    from tests.bench_runner import SECTIONS as RUNNER  # the runner's rows follow the store's
+    from tests.bench_history import SECTIONS as HISTORY  # a long history's rows follow the store's
+    from tests.bench_runner import SECTIONS as RUNNER  # then the runner's
 
-    return [*SECTIONS, *RUNNER]
+    return [*SECTIONS, *HISTORY, *RUNNER]
+
+
+def chosen(names: Sequence[str]) -> list[Section]:
+    """The sections named (all of them when none is): `python -m tests.bench history_scale`."""
+    sections = all_sections()
+    if not names:
+        return sections
+    by_name = {s.__name__: s for s in sections}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise SystemExit(f"no bench section {unknown[0]!r}; there are: {', '.join(by_name)}")
+    return [by_name[n] for n in names]
 
 
 if __name__ == "__main__":
-    sys.exit(main(all_sections()))
+    sys.exit(main(chosen(sys.argv[1:])))

@@ -164,3 +164,15 @@ def test_garbage_in_the_history_is_damage(store_dir: Path) -> None:
     db.write_bytes(b"not a database at all" * 100)
     with pytest.raises(CorruptStore, match="history database"):
         open_store(str(store_dir))
+
+
+def test_a_pass_cut_short_before_its_frame_is_redone_without_double_counting(s: DirStore) -> None:
+    run(s, "r")
+    runs = s.state.complete_runs()
+    s.archive.add(runs)  # the rows are in, the frame never written (the process died here)
+    assert "r" in s.state.promises and s.get("r.1") is not None
+    assert len(s.search(limit=100).items) == 4  # the held copies, once
+    assert s.archive_settled() == 1
+    assert "r" not in s.state.promises
+    assert s.stats().by_state["resolved"] == 4
+    assert [p.id for p in s.search(limit=100).items] == ["r", "r.0", "r.1", "r.2"]
