@@ -112,7 +112,9 @@ class Archive:
         check_dir(self.dir, "history directory", follow=False)
         if not stat.S_ISREG(st.st_mode):
             raise CorruptStore(str(self.path), 0, "is not a regular file; the store never follows a link")
-        mode = "rw" if self.writable else "ro"
+        # On a read-only filesystem nobody can be writing it, and SQLite could not make its
+        # -shm file there: read it as the immutable file it then is.
+        mode = "rw" if self.writable else "ro&immutable=1"
         try:
             db = sqlite3.connect(f"file:{self.path}?mode={mode}", uri=True, timeout=BUSY_MS / 1000,
                                  isolation_level=None, check_same_thread=False)
@@ -294,7 +296,19 @@ class Archive:
         except (codec.Undecodable, validate.Invalid) as exc:
             raise CorruptStore(str(self.path), seq, f"history row {seq}: {exc}") from None
 
-    def close(self) -> None:
+    def close(self, *, inherited: bool = False) -> None:
+        """Close the connection; one `inherited` across a fork is left open, never closed.
+
+        SQLite's own state for it (its locks, whether it is the last connection and may
+        checkpoint and delete the WAL) is the parent's: closing it here could remove
+        files the parent still uses. It is kept alive until this process exits.
+        """
         if self._db is not None:
-            self._db.close()
+            if inherited:
+                _INHERITED.append(self._db)
+            else:
+                self._db.close()
             self._db = None
+
+
+_INHERITED: list[sqlite3.Connection] = []  # see Archive.close

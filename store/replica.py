@@ -339,7 +339,7 @@ class Replica:
             return
         self._closed = True
         self._log.close()
-        self.archive.close()
+        self.archive.close(inherited=os.getpid() != self._pid)
 
 
 def _apply_frame(payload: bytes, state: StoreState, apply: Callable[[list[Any]], None]) -> None:

@@ -147,8 +147,19 @@ def test_a_handle_waits_through_a_supervisor_killed_and_restarted(tmp_path: Path
     with local(store) as supervisor, runner.Client(store, APP_LIST, cwd=REPO_ROOT) as client:
         handle = client.start(nap, 1.0)
         got: list[object] = []
+        # The wait must have begun (it refuses to begin without a supervisor) before the kill:
+        # on a busy machine the thread may start late.
+        began = threading.Event()
+        check = client._check_waitable
+
+        def checked(promise_id: str) -> None:
+            check(promise_id)
+            began.set()
+
+        client._check_waitable = checked  # type: ignore[method-assign]
         waiter = threading.Thread(target=lambda: got.append(handle.result(timeout=60)))
         waiter.start()
+        assert began.wait(30)
         supervisor.kill_when_running(nap, whole=True)
         before = supervisor.processes
         assert not supervisor.running and all(runner.local.gone(p) for p in before)

@@ -176,3 +176,22 @@ def test_a_pass_cut_short_before_its_frame_is_redone_without_double_counting(s: 
     assert "r" not in s.state.promises
     assert s.stats().by_state["resolved"] == 4
     assert [p.id for p in s.search(limit=100).items] == ["r", "r.0", "r.1", "r.2"]
+
+
+def test_a_forked_child_closing_the_store_leaves_the_parents_history_alone(s: DirStore,
+                                                                           store_dir: Path) -> None:
+    run(s, "r")
+    s.archive_settled()
+    assert s.get("r.0") is not None  # the parent has the database open, in WAL mode
+    wal = store_dir / "history" / "runs.db-wal"
+    had_wal = wal.exists()
+    pid = os.fork()
+    if pid == 0:  # what a worker does with the supervisor's handle
+        s.close()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert wal.exists() == had_wal
+    run(s, "after")
+    s.archive_settled()
+    assert s.get("after.2") is not None and s.get("r.1") is not None
