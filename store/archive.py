@@ -193,6 +193,7 @@ class Archive:
                 raise
         except sqlite3.Error as exc:
             raise self._damage(exc) from None
+        sync_dir(self.dir)  # the WAL SQLite may have just created must keep its name
         return high
 
     @staticmethod

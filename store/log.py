@@ -20,7 +20,7 @@ from filelock import lock_descriptor, unlock_descriptor
 
 from . import codec, faults, lockholder
 from .errors import CorruptStore, StoreUnavailable
-from .fsutil import create_once, io_error, open_file, read_file, sync_dir, write_all, write_replace
+from .fsutil import create_once, io_error, open_file, sync_dir, write_all, write_replace
 
 SEGMENT_SUFFIX = ".seg"
 LOCK_POLL = 0.0003  # seconds between tries when contended; holders keep the lock < 1 ms
@@ -174,40 +174,6 @@ class Log:
             sync_dir(self.dir)
 
     # -- reading ----------------------------------------------------------------
-
-    def _read_segment(self, number: int) -> tuple[dict[str, Any], bytes, int]:
-        """(header, content, where the frames start) of segment `number`, checked to be it."""
-        path = self.path(number)
-        try:
-            data = read_file(path)
-        except FileNotFoundError:
-            raise CorruptStore(str(path), 0, "missing log segment") from None
-        except StoreUnavailable as exc:
-            raise CorruptStore(str(path), 0, str(exc)) from None
-        except OSError as exc:
-            raise io_error(exc, f"reading {path}") from None
-        found = codec.read_frame(data, 0)
-        if found is None:
-            raise CorruptStore(str(path), 0, "no segment header")
-        return self._check_header(path, found[0], number), data, found[1]
-
-    def header_prev(self, number: int) -> list[int] | None:
-        """What segment `number`'s header says of the one before it."""
-        prev: list[int] | None = self._read_segment(number)[0]["prev"]
-        return prev
-
-    def sealed_frames(self, number: int) -> list[tuple[int, bytes]]:
-        """(offset, payload) of every frame of a sealed segment: one a newer segment follows,
-        that nobody appends to any more, so it is read without the lock. It must end whole."""
-        _, data, start = self._read_segment(number)
-        found, end = [], start
-        for offset, payload in codec.frames(data[start:]):
-            found.append((start + offset, payload))
-            end = start + offset + len(payload) + codec.HEADER.size
-        if end < len(data):
-            raise CorruptStore(str(self.path(number)), end,
-                               codec.fault(data, end) or "a frame cut short before later segments")
-        return found
 
     def read_new(self) -> list[tuple[int, int, bytes]]:
         """(segment, offset, payload) of each frame appended since the cursor, moving past them.

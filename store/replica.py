@@ -2,9 +2,10 @@
 
 A change is built under the lock from a state that has caught up with the log,
 appended as one frame, fdatasync'd, and only then applied and acknowledged.
-Past a size the log is compacted, outside the lock: whole settled runs move to the
-history database (archive.py), the rest is snapshotted, and the segments the
-snapshot covers are dropped.
+Past a size the log is sealed and the state copied (under the lock: references and
+lists, cheap); then, outside the lock, whole settled runs move to the history
+database (archive.py), the rest is snapshotted, and the segments the snapshot
+covers are dropped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from .errors import CorruptStore, NotSerializable, StoreError, StoreIOError, Sto
 from .fsutil import io_error, open_file, read_file, sync_dir, write_temp
 from .layout import check_dir, create, leftover_temp, prepare_dir, store_id
 from .log import Log, Overtaken, piece_header
-from .state import ARCHIVE, StoreState
+from .state import ARCHIVE, Frozen, StoreState
 from .watch import Watch
 
 # Past this (and the last snapshot's size), the log is compacted. Small, so that opening
@@ -55,7 +56,8 @@ class Replica:
         self._pid = os.getpid()  # see _locked: a handle must not cross a fork
         self._closed = False
         self._damage: CorruptStore | None = None  # met while catching up: every later call fails
-        self._compact_due = False  # this process sealed a segment: it compacts once it unlocks
+        # This process sealed a segment: it compacts the state frozen then, once it unlocks.
+        self._compact_due: Frozen | None = None
         self._compacting = threading.Lock()
         self.state = StoreState()
         try:
@@ -159,11 +161,13 @@ class Replica:
             return
         for segment, offset, payload in frames:
             try:
-                _apply_frame(payload, self.state, self._apply)
-            except CorruptStore as exc:
+                for op in validate.frame_ops(codec.unpack(payload)):
+                    validate.operation(op, self.state)
+                    self._apply(op)
+            except APPLY_ERRORS as exc:
                 # Part of the frame may be applied, and the cursor is past it: this
                 # handle's state is no longer the log's, so it serves nothing more.
-                self._damage = CorruptStore(str(self._log.path(segment)), offset, exc.reason)
+                self._damage = CorruptStore(str(self._log.path(segment)), offset, str(exc))
                 raise self._damage from None
 
     def _apply(self, op: list[Any]) -> None:
@@ -190,9 +194,9 @@ class Replica:
                 faults.crash_point("locked.hold")
                 self._sync()
                 yield
-            due, self._compact_due = self._compact_due, False
-        if due:
-            self._compact_quietly()
+            due, self._compact_due = self._compact_due, None
+        if due is not None:
+            self._compact_quietly(due)
 
     def _commit(self, ops: list[list[Any]]) -> None:
         """Append the operations as one durable frame, then apply them. Call under the lock."""
@@ -222,64 +226,59 @@ class Replica:
                 _log.warning("sealing a log segment of %s failed: %s", self.root, exc)
                 return
             faults.crash_point("compact.after_rotate")
-            self._compact_due = True
+            # What the snapshot will hold: the state at the start of the new segment,
+            # copied now (references to frozen records, the tasks as lists), written later.
+            self._compact_due = Frozen.of(self.state, self._log.segment, self._log.prev)
 
     # -- compaction: outside the lock but for a frame and a rename --------------------
 
-    def _compact_quietly(self) -> None:
+    def _compact_quietly(self, frozen: Frozen) -> None:
         try:
-            self._compact()
+            self._compact(frozen)
         except (OSError, StoreIOError) as exc:
             # Whatever failed, the log is whole without it: the next sealed segment tries again.
             _log.warning("compacting store %s failed: %s", self.root, exc)
 
     @codec.gc_paused()
-    def _compact(self) -> None:
-        """Build the state at the newest segment from the sealed ones, move its whole settled
-        runs to the history database, snapshot the rest, drop the segments it covers.
+    def _compact(self, frozen: Frozen) -> None:
+        """Move the whole settled runs of the state frozen at a rotation to the history
+        database, snapshot the rest, and drop the segments the snapshot covers.
 
-        Only the ARCHIVE frame and the snapshot's rename take the store lock; reading
-        and writing everything else happen while other processes go on.
+        Only the ARCHIVE frame and the snapshot's rename take the store lock; finding the
+        runs, archiving them and writing the snapshot happen while other processes go on.
         """
         with self._compaction() as mine:
             if not mine:
                 return  # another process compacts now; the next sealed segment is ours
-            newest = self._log.segments()[-1]
-            start, state = self._state_before(newest)
-            if start == newest:
-                return
+            state = frozen.state()
             op = self._archive(state.complete_runs())
             if op is not None:
                 state.apply(op)
-            header = {"store": self._log.store_id, "segment": newest, "prev": self._log.header_prev(newest)}
-            data = codec.frame(codec.pack(header)) + codec.frame(codec.pack(state.to_snapshot()))
+            header = {"store": self._log.store_id, "segment": frozen.segment, "prev": frozen.prev}
+            data = codec.frame(codec.pack(header)) + codec.frame(codec.pack(frozen.body(state)))
             try:
                 tmp = write_temp(self.root / "snapshot", data)
             except OSError as exc:
                 raise io_error(exc, "writing a snapshot") from None
             faults.crash_point("compact.after_temp")
             with self._locked():
+                if self._snapshot_start() >= frozen.segment:  # one taken later is in place already
+                    os.unlink(tmp)
+                    return
                 os.rename(tmp, self.root / "snapshot")
                 sync_dir(self.root)
                 self._snapshot_bytes = len(data)
                 faults.crash_point("compact.after_snapshot")
-                self._log.remove_below(newest)
+                self._log.remove_below(frozen.segment)
 
-    def _state_before(self, newest: int) -> tuple[int, StoreState]:
-        """(where the snapshot starts, the state at the start of segment `newest`), from the
-        snapshot and the sealed segments: no process appends to those any more."""
-        snapshot = self.root / "snapshot"
-        if snapshot.exists() or snapshot.is_symlink():
-            start, _, state, _ = self._read_snapshot(snapshot)
-        else:
-            start, state = 1, StoreState()
-        for number in range(start, newest):
-            for offset, payload in self._log.sealed_frames(number):
-                try:
-                    _apply_frame(payload, state, state.apply)
-                except CorruptStore as exc:
-                    raise CorruptStore(str(self._log.path(number)), offset, exc.reason) from None
-        return start, state
+    def _snapshot_start(self) -> int:
+        """The segment the snapshot in place continues in (0: there is none). Under the lock."""
+        path = self.root / "snapshot"
+        if not path.exists() and not path.is_symlink():
+            return 0
+        data = read_file(path)
+        header, _ = self._snapshot_frame(path, data, 0)
+        return int(piece_header(path, header, self._log.store_id)["segment"])
 
     def _archive(self, runs: list[Run]) -> list[Any] | None:
         """Put whole settled runs in the history database, then say so in one frame, which
@@ -341,12 +340,3 @@ class Replica:
         self._log.close()
         self.archive.close(inherited=os.getpid() != self._pid)
 
-
-def _apply_frame(payload: bytes, state: StoreState, apply: Callable[[list[Any]], None]) -> None:
-    """Check and apply each operation of a frame; CorruptStore (without a place) if one cannot be."""
-    try:
-        for op in validate.frame_ops(codec.unpack(payload)):
-            validate.operation(op, state)
-            apply(op)
-    except APPLY_ERRORS as exc:
-        raise CorruptStore("", 0, str(exc)) from None

@@ -449,10 +449,7 @@ class StoreState:
     # -- snapshots -----------------------------------------------------------
 
     def to_snapshot(self) -> list[Any]:
-        return [[promise_to_list(p) for p in self.promises.values()],
-                [[pid, t.to_list()] for pid, t in self.tasks.items()],
-                {"archive_high": self.archive_high, "created": self.created,
-                 "numbers": list(self.numbers.values())}]
+        return Frozen.of(self, 0, None).body(self)
 
     @classmethod
     def from_snapshot(cls, data: list[Any]) -> StoreState:
@@ -478,3 +475,40 @@ class StoreState:
             state.numbers = {pid: n for n, pid in enumerate(promises, 1)}
             state.created = len(promises)
         return state
+
+
+class Frozen:
+    """A copy of the state as a rotation left it, for a snapshot written without the lock.
+
+    Taking it costs a dict copy (promises are frozen records, shared) and each task as a
+    list; building the children index and finding the whole runs happen later, unlocked.
+    """
+
+    def __init__(self, segment: int, prev: list[int] | None, promises: dict[str, Promise],
+                 numbers: dict[str, int], tasks: list[list[Any]], created: int, archive_high: int) -> None:
+        self.segment, self.prev = segment, prev
+        self.promises, self.numbers, self.tasks = promises, numbers, tasks
+        self.created, self.archive_high = created, archive_high
+
+    @classmethod
+    def of(cls, state: StoreState, segment: int, prev: list[int] | None) -> Frozen:
+        return cls(segment, prev, state.promises.copy(), state.numbers.copy(),
+                   [[pid, t.to_list()] for pid, t in state.tasks.items()], state.created, state.archive_high)
+
+    def state(self) -> StoreState:
+        """The promises and their children index (what finding and dropping runs need)."""
+        state = StoreState()
+        state.promises, state.numbers = self.promises, self.numbers
+        state.created, state.archive_high = self.created, self.archive_high
+        for pid, p in self.promises.items():
+            if p.parent is not None:
+                state.children.setdefault(p.parent, []).append(pid)
+        return state
+
+    def body(self, state: StoreState) -> list[Any]:
+        """The snapshot body of `state` (this copy, its archived runs dropped), as to_snapshot writes it."""
+        held = state.promises
+        return [[promise_to_list(p) for p in held.values()],
+                [entry for entry in self.tasks if entry[0] in held],
+                {"archive_high": state.archive_high, "created": state.created,
+                 "numbers": list(state.numbers.values())}]
