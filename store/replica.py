@@ -285,7 +285,8 @@ class Replica:
         drops them from every process's memory. Returns that frame's operation."""
         if not runs:
             return None
-        high = self.archive.add(runs)
+        with self._mutex:  # the connection is this handle's: no read of another thread in between
+            high = self.archive.add(runs)
         faults.crash_point("archive.after_add")
         op = [ARCHIVE, [root for root, _ in runs], high]
         with self._locked():
