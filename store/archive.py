@@ -177,16 +177,14 @@ class Archive:
 
     # -- writing -----------------------------------------------------------------------
 
-    def add(self, runs: Sequence[Run]) -> int:
-        """Insert whole runs in one durable transaction; returns `high` after it."""
+    @contextlib.contextmanager
+    def _transaction(self, *, create: bool = False) -> Iterator[sqlite3.Connection]:
+        """One durable transaction: committed (and on disk) when the block ends, else undone."""
         try:
-            db = self._conn(create=True)
+            db = self._conn(create=create)
             db.execute("BEGIN IMMEDIATE")
             try:
-                high = int(db.execute("SELECT value FROM meta WHERE key = 'high'").fetchone()[0])
-                for root, promises in runs:
-                    high = self._insert(db, root, promises, high)
-                db.execute("UPDATE meta SET value = ? WHERE key = 'high'", (high,))
+                yield db
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -194,6 +192,14 @@ class Archive:
         except sqlite3.Error as exc:
             raise self._damage(exc) from None
         sync_dir(self.dir)  # the WAL SQLite may have just created must keep its name
+
+    def add(self, runs: Sequence[Run]) -> int:
+        """Insert whole runs in one durable transaction; returns `high` after it."""
+        with self._transaction(create=True) as db:
+            high = int(db.execute("SELECT value FROM meta WHERE key = 'high'").fetchone()[0])
+            for root, promises in runs:
+                high = self._insert(db, root, promises, high)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'high'", (high,))
         return high
 
     @staticmethod
@@ -223,21 +229,12 @@ class Archive:
 
     def remove(self, roots: Sequence[str]) -> None:
         """Remove whole runs in one durable transaction."""
-        try:
-            db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for root in roots:
-                    gone = self._states_of(db, root)
-                    db.executemany("UPDATE counts SET n = n - ? WHERE state = ?", [(n, s) for s, n in gone])
-                    db.execute("DELETE FROM promises WHERE root = ?", (root,))
-                    db.execute("DELETE FROM runs WHERE root = ?", (root,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise self._damage(exc) from None
+        with self._transaction() as db:
+            for root in roots:
+                gone = self._states_of(db, root)
+                db.executemany("UPDATE counts SET n = n - ? WHERE state = ?", [(n, s) for s, n in gone])
+                db.execute("DELETE FROM promises WHERE root = ?", (root,))
+                db.execute("DELETE FROM runs WHERE root = ?", (root,))
 
     # -- reading -----------------------------------------------------------------------
 
