@@ -121,5 +121,5 @@ def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: s
 
 def _interrupted(store: PromiseStore, promise_id: str, signum: int) -> Interrupted:
     """The error that tells the user how to pick the run up again, by its function's name."""
-    promise = store.get(promise_id)  # read already: no lock needed to name it
+    promise = store.get(promise_id)
     return Interrupted(promise_id, promise.func if promise is not None else "FUNC", signum)

@@ -48,7 +48,7 @@ def parked_in_run(store: PromiseStore, root: str) -> Parked | None:
     for task in store.parked():
         pid: str | None = task.id
         while pid is not None and pid != root:
-            found = store.get(pid)  # parked() just caught up with the store
+            found = store.get(pid)
             pid = found.parent if found is not None else None
         if pid == root:
             error = task.last_error

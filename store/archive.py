@@ -72,17 +72,18 @@ Run = tuple[str, list[tuple[int, Promise]]]
 class Archive:
     """The settled runs of one store, in STORE/history/runs.db; opened on first use."""
 
-    def __init__(self, root: Path, store_id: str, *, writable: bool) -> None:
+    def __init__(self, root: Path, *, writable: bool) -> None:
         self.dir = root / "history"
         self.path = self.dir / DB_NAME
-        self.store_id = store_id
+        self.store_id = ""  # set once FORMAT is read, as the log's is
         self.writable = writable
         self._db: sqlite3.Connection | None = None
 
     # -- opening ---------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return os.path.lexists(self.path)
+        """Whether there is a database: an open connection says so without a syscall."""
+        return self._db is not None or os.path.lexists(self.path)
 
     def check(self, high: int) -> None:
         """Damage unless the database is this store's and holds every row the log says it

@@ -337,7 +337,7 @@ class DirStore(Replica):
             ops = self._create_ops(creates, now)
             created = {op[1][0] for op in ops}  # not the ids of `creates` that exist already
             held = self.state.promises
-            found = {a: held.get(a) or self._lookup(a) for a in dict.fromkeys(awaiting) if a not in created}
+            found = {a: self._lookup(a) for a in dict.fromkeys(awaiting) if a not in created}
             unknown = [a for a, p in found.items() if p is None]
             if unknown:
                 raise NotFound(unknown[0])  # waiting on it would wait forever
@@ -478,14 +478,16 @@ class DirStore(Replica):
         kept, as is an archived run that a live promise was created under since.
         """
         self.archive_settled()
-        with self._compaction(wait=True), self._locked():
-            old = self.archive.settled_before(settled_before)
-            held = self.state.promises
-            under = [p.parent for p in held.values() if p.parent is not None and p.parent not in held]
-            keep = self.archive.roots_of(list(dict.fromkeys(under)))
+        with self._compaction(wait=True):
+            with self._locked():
+                old = self.archive.settled_before(settled_before)
+                held = self.state.promises
+                under = [p.parent for p in held.values() if p.parent is not None and p.parent not in held]
+                keep = self.archive.roots_of(list(dict.fromkeys(under)))
             gone = [root for root in old if root not in keep]
-            if gone:
-                self.archive.remove(gone)
+            if gone:  # outside the store lock: removing a long history may take seconds
+                with self._mutex:
+                    self.archive.remove(gone)
             return gone
 
     # -- inspection -----------------------------------------------------------------

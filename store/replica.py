@@ -52,6 +52,7 @@ class Replica:
         self.writable = prepare_dir(self.root)  # a missing log/ is damage, checked in _load
         self._mutex = threading.RLock()
         self._log = Log(self.root, writable=self.writable)
+        self.archive = Archive(self.root, writable=self.writable)
         self._snapshot_bytes = 0
         self._pid = os.getpid()  # see _locked: a handle must not cross a fork
         self._closed = False
@@ -66,13 +67,11 @@ class Replica:
                 if found is None:
                     create(self.root, self._first_segment)
                     found = store_id(self.root)
-                self._log.store_id = str(found)
-                self.archive = Archive(self.root, self._log.store_id, writable=self.writable)
+                self._log.store_id = self.archive.store_id = str(found)
                 self._load()
         except BaseException:
             self._log.close()  # a refused open must not leak the lock's descriptor
-            if hasattr(self, "archive"):
-                self.archive.close()
+            self.archive.close()
             raise
 
     def _first_segment(self, store: str) -> None:
@@ -235,8 +234,11 @@ class Replica:
     def _compact_quietly(self, frozen: Frozen) -> None:
         try:
             self._compact(frozen)
-        except (OSError, StoreIOError) as exc:
-            # Whatever failed, the log is whole without it: the next sealed segment tries again.
+        except (OSError, StoreError) as exc:
+            # The change that sealed the segment is durable: whatever failed here (the disk,
+            # the history database), the log is whole without it, the call that triggered
+            # it succeeded, and the next sealed segment tries again. Damage is reported by
+            # the next open and by every read of what it touched.
             _log.warning("compacting store %s failed: %s", self.root, exc)
 
     @codec.gc_paused()

@@ -507,8 +507,7 @@ class Frozen:
 
     def body(self, state: StoreState) -> list[Any]:
         """The snapshot body of `state` (this copy, its archived runs dropped), as to_snapshot writes it."""
-        held = state.promises
-        return [[promise_to_list(p) for p in held.values()],
-                [entry for entry in self.tasks if entry[0] in held],
+        # Every task is of a pending promise, and no archived run holds one: all are kept.
+        return [[promise_to_list(p) for p in state.promises.values()], self.tasks,
                 {"archive_high": state.archive_high, "created": state.created,
                  "numbers": list(state.numbers.values())}]

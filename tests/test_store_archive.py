@@ -195,3 +195,20 @@ def test_a_forked_child_closing_the_store_leaves_the_parents_history_alone(s: Di
     run(s, "after")
     s.archive_settled()
     assert s.get("after.2") is not None and s.get("r.1") is not None
+
+
+def test_a_failing_history_never_fails_the_change_that_set_off_compaction(
+        store_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(replica, "SEGMENT_BYTES", 2048)
+
+    def broken(self: object, runs: object) -> int:
+        raise CorruptStore("runs.db", 0, "history database: disk image is malformed")
+
+    monkeypatch.setattr(replica.Archive, "add", broken)
+    with closing(DirStore(store_dir)) as s:
+        for i in range(30):
+            run(s, f"r{i}")  # each call returns: its change is durable whatever compaction met
+        assert len(s.search(limit=1000).items) == 120
+    assert "compacting store" in caplog.text and "malformed" in caplog.text
+    with closing(DirStore(store_dir)) as fresh:
+        assert len(fresh.search(limit=1000).items) == 120

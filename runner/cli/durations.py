@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*\Z")
 
 
@@ -16,7 +17,15 @@ def parse_duration(text: str) -> float:
     if found is None:
         raise ValueError(f"{text!r} is not a duration (examples: 500ms, 2s, 1.5s, 7d)")
     number, unit = float(found.group(1)), found.group(2) or "s"
-    return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[unit]
+    return number * _UNITS[unit]
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as parse_duration reads them, in the largest unit that keeps it short: 30d, 90m, 1.5s."""
+    for unit in ("d", "h", "m", "s"):
+        if seconds >= _UNITS[unit] and (seconds / _UNITS[unit]) * 10 % 1 == 0:
+            return f"{seconds / _UNITS[unit]:g}{unit}"
+    return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
 
 
 class Duration(click.ParamType):

@@ -8,7 +8,7 @@ import time
 import click
 
 from . import report, views
-from .durations import Duration
+from .durations import Duration, format_duration
 from .group import Env, cli, common, emit, json_option, open_existing
 from .status import status as gather_status
 
@@ -63,5 +63,6 @@ def gc(env: Env, age: float, as_json: bool) -> None:
       runner gc --older-than 30d
     """
     removed = open_existing(env).gc(time.time() - age)
-    lines = [f"removed {len(removed)} run{'s' if len(removed) != 1 else ''} settled over {age:g} s ago"]
+    lines = [f"removed {len(removed)} run{'s' if len(removed) != 1 else ''} settled over "
+             f"{format_duration(age)} ago"]
     emit({"removed": removed}, as_json, lines)

@@ -47,14 +47,14 @@ def _usage(proc: psutil.Process | None) -> dict[str, Any]:
 
 
 def _claim(store: PromiseStore, task: Task, now: float) -> dict[str, Any]:
-    p = store.get(task.id)  # claims() just caught up with the store
+    p = store.get(task.id)
     return {"id": task.id, "func": p.func if p else None, "attempt": task.attempt,
             "running_for": round(now - task.claimed_at, 3) if task.claimed_at is not None else None,
             "expires_in": round(task.expires_at - now, 3) if task.expires_at is not None else None}
 
 
 def _parked(store: PromiseStore, task: Task) -> dict[str, Any]:
-    p = store.get(task.id)  # parked() just caught up with the store
+    p = store.get(task.id)
     return {"id": task.id, "func": p.func if p else None, **(parked_info(task) or {})}
 
 
