@@ -89,6 +89,10 @@ class DirStore(Replica):
     def lock_sweeper(self) -> bool:
         return True
 
+    def supervisors(self) -> list[dict[str, Any]]:
+        info = self.supervisor()
+        return [] if info is None else [info]
+
     # -- promises -----------------------------------------------------------------
 
     def create(self, promises: Sequence[NewPromise], now: float | None = None) -> list[Promise]:

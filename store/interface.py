@@ -57,6 +57,7 @@ class SharedSupervisors(Protocol):
     def supervisor_beats(self) -> dict[str, float]: ...  # live id -> seconds since its last beat
     def retire_supervisor(self, sid: str) -> bool: ...  # True if this call retired it
     def lock_sweeper(self) -> bool: ...  # hold (or keep) the sweep lock; False: another holds it
+    def supervisors(self) -> list[dict[str, Any]]: ...  # every live one's publish_supervisor info
 
 
 class PromiseStore(SharedSupervisors, Protocol):

@@ -8,13 +8,14 @@ real supervisors, SIGKILL and a cut network link.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from runner.owners import owner_id, owner_pid, owner_supervisor
 from runner.shared import BEATS_PER_LAPSE, SharedSupervision
-from runner.store import StoreUnavailable, Task, TaskState
+from runner.store import DirStore, StoreUnavailable, Task, TaskState
 
 LAPSE = 4.0
 
@@ -165,3 +166,18 @@ def test_a_store_out_of_reach_is_waited_out(sweeper: bool) -> None:
     store.down = False
     store.now += 1.0
     assert shared.tick() is True and shared.sweeping is sweeper
+
+
+def test_the_directory_store_has_one_supervisor_who_sweeps_alone(tmp_path: Path) -> None:
+    store = DirStore(tmp_path / "store")
+    try:
+        assert store.shared is False and store.supervisors() == []
+        assert store.lock_supervisor()
+        store.publish_supervisor({"pid": os.getpid()})
+        store.join_supervisor("abc")
+        assert store.beat_supervisor("abc") and store.lock_sweeper()
+        assert store.supervisor_beats() == {} and store.retire_supervisor("abc") is False
+        assert store.supervisors() == [{"pid": os.getpid()}]
+    finally:
+        store.unlock_supervisor()
+        store.close()
