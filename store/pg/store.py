@@ -46,6 +46,7 @@ class PgStore:
         self.lease = lease
         self._db = Database(dsn, self.location, chosen)
         self._supervisors = Supervisors(self._db)
+        self.shared = self._supervisors.shared  # whether several supervisors may run at once
 
     def __repr__(self) -> str:
         return f"PgStore({self.location!r}, schema={self._db.schema!r})"
@@ -464,6 +465,24 @@ class PgStore:
 
     def supervisor(self) -> dict[str, Any] | None:
         return self._supervisors.describe()
+
+    def join_supervisor(self, sid: str) -> None:
+        self._supervisors.join(sid)
+
+    def beat_supervisor(self, sid: str) -> bool:
+        return self._supervisors.beat(sid)
+
+    def supervisor_beats(self) -> dict[str, float]:
+        return self._supervisors.beats()
+
+    def retire_supervisor(self, sid: str) -> bool:
+        return self._supervisors.retire(sid)
+
+    def lock_sweeper(self) -> bool:
+        return self._supervisors.lock_sweeper()
+
+    def supervisors(self) -> list[dict[str, Any]]:
+        return self._supervisors.every()
 
     def lock_holders(self) -> list[int]:
         """No process holds a lock on the whole store: rows are locked, for a transaction."""

@@ -69,6 +69,30 @@ class Supervisors:
             info = None
         return info if isinstance(info, dict) else {}
 
+    # Shared supervision (interface.SharedSupervisors): for now one supervisor at a time
+    # (lock), as on a directory store, so there is nobody to declare dead.
+    shared = False
+
+    def join(self, sid: str) -> None:
+        pass
+
+    def beat(self, sid: str) -> bool:
+        return True
+
+    def beats(self) -> dict[str, float]:
+        return {}
+
+    def retire(self, sid: str) -> bool:
+        return False
+
+    def lock_sweeper(self) -> bool:
+        return True
+
+    def every(self) -> list[dict[str, Any]]:
+        """Every live supervisor's description."""
+        info = self.describe()
+        return [] if info is None else [info]
+
     def close(self) -> None:
         """Drop the lock's connection (the lock with it); a forked child only lets go of it."""
         if self._conn is not None:
