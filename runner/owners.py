@@ -1,13 +1,26 @@
-"""Who holds a claim: an owner is "<pid>@<start time>", since a pid can be reused."""
+"""Who holds a claim: an owner is "<pid>@<start time>", since a pid can be reused.
+
+On a store shared by several supervisors (several hosts), a worker's owner id also
+carries its supervisor's id, "<pid>@<start time>+<sid>": pids are only unique on one
+host, and a supervisor declared dead gives back exactly the claims of its own workers.
+"""
 
 from __future__ import annotations
 
 import psutil
 
 
-def owner_id(pid: int) -> str:
+def owner_id(pid: int, supervisor: str | None = None) -> str:
     """The owner name of a live process (the same whether it or its parent asks)."""
-    return f"{pid}@{psutil.Process(pid).create_time():.2f}"
+    owner = f"{pid}@{psutil.Process(pid).create_time():.2f}"
+    return owner if supervisor is None else f"{owner}+{supervisor}"
+
+
+def owner_supervisor(owner: str | None) -> str | None:
+    """The supervisor id an owner name carries, or None (a directory store's owners carry none)."""
+    if owner is None or "+" not in owner:
+        return None
+    return owner.rsplit("+", 1)[1]
 
 
 def owner_pid(owner: str | None) -> int | None:

@@ -7,6 +7,9 @@ guessed) and, when it also waits for a result, on the store's watch.
 A death is an attempt: the claims of a worker that died, of a previous generation, or
 of a lapsed lease go back with the attempt moved on, and the function's retry policy
 decides whether and when it runs again (see `after_death`).
+
+On a store several supervisors share, `SharedSupervision` (shared.py) adds the
+heartbeats, the one sweeper, and the taking over of supervisors declared dead.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from .owners import owner_id
 from .registry import Registry
 from .retention import Retention
 from .retry import policy_of
+from .shared import DEFAULT_LAPSE, UNREACHABLE, SharedSupervision
 from .worker import EXIT_STORE_FAILED, EXIT_STORE_FULL, die_with_parent, exit_store_failed, run_worker
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,7 @@ STOPPED_HOLDER = 2.0  # a worker of ours stopped this long while holding the loc
 class Supervisor:
     def __init__(self, store: PromiseStore, store_dir: Path, registry: Registry, *, workers: int = 2,
                  concurrency: int = 8, lease: float = DEFAULT_LEASE,
-                 retention: Retention | None = None) -> None:
+                 retention: Retention | None = None, lapse: float = DEFAULT_LAPSE) -> None:
         self.store = store
         self.store_dir = store_dir
         self.registry = registry
@@ -83,6 +87,9 @@ class Supervisor:
         # Workers write a byte here when they wrote a timer: the loop then reads the store to
         # learn when the next timer is due, and sleeps until then (no polling loop).
         self._poke: tuple[int, int] | None = None
+        # Several supervisors share the store: beats, one sweeper, the dead taken over.
+        self.shared = SharedSupervision(store, lapse, self.after_death) if store.shared else None
+        self._fenced: set[int] = set()  # workers we killed as our id was retired: no attempt spent
 
     def run(self, until: Callable[[], bool] | None = None, wake_on: Sequence[str] = ()) -> None:
         """Supervise until a signal (or `until()` turns true), then drain and return.
@@ -92,17 +99,24 @@ class Supervisor:
         if not self.store.lock_supervisor():
             raise SupervisorRunning(f"a supervisor is already running on {self.store_dir}")
         try:
-            # Claims left by a previous generation belong to dead or fenced
-            # processes: give them back now rather than after their leases.
-            released = self.store.release_owner(None, how="its supervisor was gone", decide=self.after_death)
-            if released:
-                log.info("took back %d claims of the previous supervisor", len(released))
+            if self.shared is None:
+                # Claims left by a previous generation belong to dead or fenced
+                # processes: give them back now rather than after their leases.
+                released = self.store.release_owner(None, how="its supervisor was gone",
+                                                    decide=self.after_death)
+                if released:
+                    log.info("took back %d claims of the previous supervisor", len(released))
+            else:  # the others' claims are theirs: those of the dead go back once they lapse
+                self.shared.join()
             # The code may have been fixed since they were parked: let each replay again.
             resumed = self.store.unpark(None)
             if resumed:
                 log.info("resumed %d parked workflows: %s", len(resumed), ", ".join(resumed[:10]))
             self._loop(until, wake_on)
         finally:
+            if self.shared is not None:
+                with contextlib.suppress(*UNREACHABLE):
+                    self.shared.leave()
             self.store.unlock_supervisor()
 
     def _loop(self, until: Callable[[], bool] | None, wake_on: Sequence[str]) -> None:
@@ -111,7 +125,8 @@ class Supervisor:
         self._embedded = until is not None
         previous = self._install_signals()
         self._poke = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        watch = self.store.watch(TIMERS, *wake_on) if until is not None else None
+        # Embedded, or on a shared store (the sweeper fires the timers the others' workers write).
+        watch = self.store.watch(TIMERS, *wake_on) if until is not None or self.shared is not None else None
         watchdog = LockWatchdog(self.store, lambda: set(self.workers))
         watchdog.start()
         try:
@@ -121,7 +136,8 @@ class Supervisor:
             while self.workers or self._restart_at:
                 self._fire_timers()  # first of all: those that came due while no supervisor ran
                 self._wait(watch, min(next_tick, *self._restart_at, time.monotonic() + TICK,
-                                      self._next_timer()))
+                                      self._next_timer(), *self._shared_due()))
+                self._shared_tick()
                 self._reap()
                 self._restart_due()
                 if self._signals >= 1 or (until is not None and until()):
@@ -188,15 +204,16 @@ class Supervisor:
     # -- timers ------------------------------------------------------------------
 
     def _next_timer(self) -> float:
-        """The monotonic time the earliest timer is due (far off when there is none)."""
-        due = self.store.next_timer()
+        """The monotonic time the earliest timer is due (far off when there is none, or
+        when another supervisor sweeps)."""
+        due = self._store_call(self.store.next_timer) if self._sweeps() else None
         if due is None:
             return math.inf
         return time.monotonic() + (due - time.time())
 
     def _fire_timers(self) -> None:
         """Resolve the timers that are due; whoever sleeps on one is woken in the same frame."""
-        due = self.store.next_timer()
+        due = self._store_call(self.store.next_timer) if self._sweeps() else None
         if due is not None and due <= time.time():
             fired = self._store_call(self.store.fire_timers)
             log.debug("fired %d timers", len(fired or ()))
@@ -223,7 +240,7 @@ class Supervisor:
         if pid == 0:
             self._become_worker(parent)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_SIGNALS)
-        self.workers[pid] = (owner_id(pid), time.monotonic())
+        self.workers[pid] = (self._owner(pid), time.monotonic())
         self._publish()
         log.info("started worker %d", pid)
 
@@ -242,7 +259,7 @@ class Supervisor:
             die_with_parent(parent)
             store = open_store(str(self.store_dir), lease=self.lease)
             run_worker(store, self.store_dir, self.registry, concurrency=self.concurrency, lease=self.lease,
-                       poke=self._poke_fn())
+                       poke=self._poke_fn(), owner=self._owner(os.getpid()))
             code = 0
         except StoreIOError as exc:  # a claim's write, say, outside any one task
             exit_store_failed(exc)
@@ -265,7 +282,9 @@ class Supervisor:
             owner, started = entry
             store_failed = os.waitstatus_to_exitcode(status) in (EXIT_STORE_FAILED, EXIT_STORE_FULL)
             # A store that could not be written is not what the branches did: no attempt spent.
-            self._unreleased[owner] = (_describe(status), not self._killed and not store_failed)
+            killed = self._killed or pid in self._fenced
+            self._fenced.discard(pid)
+            self._unreleased[owner] = (_describe(status), not killed and not store_failed)
             released = self._give_back()
             if store_failed:
                 self._store_failed(pid, status, started)
@@ -285,10 +304,10 @@ class Supervisor:
             try:
                 released += len(self.store.release_owner(owner, how=how, decide=self.after_death,
                                                           counted=counted))
-            except StoreFull:
-                if self._embedded:
+            except (StoreFull, *UNREACHABLE) as exc:
+                if self._embedded or (self.shared is None and not isinstance(exc, StoreFull)):
                     raise
-                return released
+                return released  # the link is down: given back when it returns (if nobody did)
             del self._unreleased[owner]
         return released
 
@@ -311,6 +330,8 @@ class Supervisor:
     def _sweep(self) -> None:
         """The tick's backstop: deaths nobody saw, deadlines, and claims a full disk kept."""
         self._store_call(self._give_back)
+        if not self._sweeps():
+            return
         self._store_call(lambda: self.store.expire(decide=self.after_death))
         if self.retention is not None:
             self._store_call(lambda: self.retention.due(self.store))  # type: ignore[union-attr]
@@ -327,6 +348,36 @@ class Supervisor:
                 self._full_said_at = now
                 log.warning("%s; the supervisor goes on and retries", exc)
             return None
+        except UNREACHABLE:
+            if self.shared is None or self._embedded:
+                raise
+            return None  # a shared store out of reach: SharedSupervision says so, once
+
+    # -- several supervisors on one store (shared.py) ----------------------------
+
+    def _owner(self, pid: int) -> str:
+        return owner_id(pid) if self.shared is None else self.shared.owner(pid)
+
+    def _sweeps(self) -> bool:
+        """Whether we fire timers, time out deadlines and expire leases: the one
+        supervisor of a directory store does; on a shared store, the sweep lock's holder."""
+        return self.shared is None or self.shared.sweeping
+
+    def _shared_due(self) -> list[float]:
+        return [] if self.shared is None else [self.shared.due()]
+
+    def _shared_tick(self) -> None:
+        if self.shared is None or self.shared.due() > time.monotonic() or self.shared.tick():
+            return
+        # Declared dead while cut off: our workers' claims were given to others. Whatever
+        # they still run is stale (fenced by the claims' counters): kill them, join again.
+        old = self.shared.rejoin()
+        log.warning("this supervisor (%s) was declared dead: its heartbeats lapsed and its claims were "
+                    "taken; killing its %d workers and rejoining as %s", old, len(self.workers),
+                    self.shared.sid)
+        self._fenced |= set(self.workers)
+        self._signal_all(signal.SIGKILL)
+        self._publish()
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -359,6 +410,7 @@ class Supervisor:
         with contextlib.suppress(OSError):
             self.store.publish_supervisor({
                 "pid": os.getpid(), "started": self.started, "workers": sorted(self.workers),
+                "id": None if self.shared is None else self.shared.sid,
                 "owners": {str(pid): owner for pid, (owner, _) in self.workers.items()},
                 "concurrency": self.concurrency,
             })

@@ -421,9 +421,10 @@ def _storable(state: State, value: Any) -> tuple[State, Any]:
 
 
 def run_worker(store: PromiseStore, store_dir: Path, registry: Registry, *, concurrency: int,
-               lease: float, poke: Callable[[], None] | None = None) -> None:
-    """The body of a forked worker process."""
-    owner = owner_id(os.getpid())
+               lease: float, poke: Callable[[], None] | None = None, owner: str | None = None) -> None:
+    """The body of a forked worker process; `owner` names it in its claims (by default its pid
+    and start time; on a shared store its supervisor's id too)."""
+    owner = owner_id(os.getpid()) if owner is None else owner
     worker = Worker(store, store_dir, registry, owner=owner, concurrency=concurrency, lease=lease,
                     poke=poke)
     log.debug("worker %s serving", owner)

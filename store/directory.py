@@ -70,6 +70,29 @@ class DirStore(Replica):
     def supervisor(self) -> dict[str, Any] | None:
         return self._presence.describe()
 
+    # One supervisor at a time (lock_supervisor), so it alone beats and sweeps: there is
+    # nobody to declare dead, and a previous one's claims go back when the next starts.
+    shared = False
+
+    def join_supervisor(self, sid: str) -> None:
+        pass
+
+    def beat_supervisor(self, sid: str) -> bool:
+        return True
+
+    def supervisor_beats(self) -> dict[str, float]:
+        return {}
+
+    def retire_supervisor(self, sid: str) -> bool:
+        return False
+
+    def lock_sweeper(self) -> bool:
+        return True
+
+    def supervisors(self) -> list[dict[str, Any]]:
+        info = self.supervisor()
+        return [] if info is None else [info]
+
     # -- promises -----------------------------------------------------------------
 
     def create(self, promises: Sequence[NewPromise], now: float | None = None) -> list[Promise]:

@@ -35,7 +35,32 @@ class Watchable(Protocol):
     def close(self) -> None: ...
 
 
-class PromiseStore(Protocol):
+class SharedSupervisors(Protocol):
+    """What a store shared by several supervisors (on several hosts) must honour.
+
+    Each supervisor has an id (`sid`) that its workers' owner ids carry. A supervisor
+    joins, then beats; another declares it dead (retires it) once its last beat is older
+    than the lapse, by the store's one clock (not the hosts' clocks), and gives its
+    workers' claims back. Retiring is final: a retired id's beat answers False and
+    never brings it back, and only one caller's retire answers True, so the claims are
+    given back once. Timers, deadlines and leases are swept by the holder of the sweep
+    lock, one supervisor at a time; the lock is lost with its holder's connection.
+
+    The directory store has one supervisor (lock_supervisor): it says `shared = False`
+    and implements these trivially.
+    """
+
+    shared: bool  # whether several supervisors may run on this store at once
+
+    def join_supervisor(self, sid: str) -> None: ...  # a new id, beating from now
+    def beat_supervisor(self, sid: str) -> bool: ...  # False: retired (declared dead)
+    def supervisor_beats(self) -> dict[str, float]: ...  # live id -> seconds since its last beat
+    def retire_supervisor(self, sid: str) -> bool: ...  # True if this call retired it
+    def lock_sweeper(self) -> bool: ...  # hold (or keep) the sweep lock; False: another holds it
+    def supervisors(self) -> list[dict[str, Any]]: ...  # every live one's publish_supervisor info
+
+
+class PromiseStore(SharedSupervisors, Protocol):
     def create(self, promises: Sequence[NewPromise], now: float | None = None) -> list[Promise]: ...
     def get(self, promise_id: str, *, now: float | None = None) -> Promise | None: ...
     def task(self, promise_id: str) -> Task | None: ...

@@ -33,6 +33,9 @@ class Duration(click.ParamType):
 
     name = "duration"
 
+    def __init__(self, minimum: float = 0.0) -> None:
+        self.minimum = minimum
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, int | float):
             return float(value)
@@ -42,4 +45,7 @@ class Duration(click.ParamType):
             self.fail(str(exc), param, ctx)
         if seconds <= 0:
             self.fail(f"{value!r} must be longer than zero", param, ctx)
+        if seconds < self.minimum:
+            least = format_duration(self.minimum)
+            self.fail(f"{value!r} is shorter than the least allowed, {least}", param, ctx)
         return seconds

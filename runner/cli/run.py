@@ -14,6 +14,7 @@ from ..client import Client
 from ..errors import SupervisorRunning
 from ..invoke import wait
 from ..retention import Retention
+from ..shared import DEFAULT_LAPSE, MIN_LAPSE
 from ..supervisor import Supervisor
 from . import progress
 from .durations import Duration
@@ -31,9 +32,12 @@ from .group import EXIT_REJECTED, Env, cli, common, parse_json, to_json
               help="Remove whole runs settled longer ago than this (e.g. 7d); default: keep everything.")
 @click.option("--gc-every", type=Duration(), default="1h", show_default=True,
               help="How often --retain removes what has aged out.")
+@click.option("--lapse", type=Duration(minimum=MIN_LAPSE), default=DEFAULT_LAPSE, show_default=True,
+              help="On a store several supervisors share (PostgreSQL): how long one may miss its "
+                   "heartbeats before another declares it dead and runs its branches.")
 @common
 def start(env: Env, workers: int, concurrency: int, lease: float, retain: float | None,
-          gc_every: float) -> None:
+          gc_every: float, lapse: float) -> None:
     """Run the supervisor and its workers until Ctrl-C or SIGTERM (a second one kills).
 
     \b
@@ -48,7 +52,7 @@ def start(env: Env, workers: int, concurrency: int, lease: float, retain: float 
                f"x {concurrency} (Ctrl-C drains, a second Ctrl-C kills)", err=True)
     retention = None if retain is None else Retention(retain, gc_every)
     Supervisor(store, env.store_dir, reg, workers=workers, concurrency=concurrency, lease=lease,
-               retention=retention).run()
+               retention=retention, lapse=lapse).run()
     click.echo("runner: supervisor stopped", err=True)
 
 

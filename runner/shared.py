@@ -1,0 +1,138 @@
+"""Several supervisors on one store: identity, heartbeats, one sweeper, taking over the dead.
+
+On a store that says `shared` (a database, reached from several hosts or by several
+`runner start` on one URL), each supervisor joins under a fresh id that its workers'
+owner ids carry, and beats every quarter of the lapse. The holder of the store's
+sweep lock, one supervisor at a time, fires timers, times out deadlines, expires
+leases, and declares dead every supervisor whose last beat is older than the lapse:
+it retires that id and gives back the claims of its workers, as after any death.
+
+A supervisor cut off for longer than the lapse (a partition) comes back retired. Its
+beat says so and never revives it; it kills its workers, whose late results the claim
+counters fence off anyway, and joins again under a new id. Between being retired and
+noticing, a worker of it may still claim: the sweeper gives back every claim whose
+supervisor is not live, and those workers are killed within one beat.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+
+from runner.store import PromiseStore, StoreIOError, StoreUnavailable
+from runner.store.deaths import Decide
+
+from .owners import owner_id, owner_supervisor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LAPSE = 10.0  # seconds without a beat before a supervisor is declared dead
+MIN_LAPSE = 1.0  # shorter lapses would declare busy (not dead) supervisors dead
+BEATS_PER_LAPSE = 4  # so one late beat (a loaded machine) is not a death
+CHECK = 0.25  # seconds between the sweeper's looks at the beats: a death is seen within lapse + CHECK
+UNREACHABLE = (StoreUnavailable, StoreIOError)  # the link to the store is down: retried at the next tick
+
+
+def new_sid() -> str:
+    """A supervisor id, unique across hosts and generations (never reused once retired)."""
+    return secrets.token_hex(6)
+
+
+class SharedSupervision:
+    """This supervisor's part in supervising a shared store; the Supervisor's loop calls
+    `tick()` whenever `due()` has come."""
+
+    def __init__(self, store: PromiseStore, lapse: float, decide: Decide, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.lapse = lapse
+        self.decide = decide
+        self.clock = clock
+        self.sid = new_sid()
+        self.sweeping = False
+        self._next_beat = self._next_check = self._next_orphans = -1.0
+        self._unreachable_since: float | None = None
+
+    def owner(self, pid: int) -> str:
+        return owner_id(pid, self.sid)
+
+    def join(self) -> None:
+        self.store.join_supervisor(self.sid)
+        self._next_beat = self.clock() + self.lapse / BEATS_PER_LAPSE
+
+    def rejoin(self) -> str:
+        """Join again under a new id (the old one was retired); returns the old one."""
+        old, self.sid = self.sid, new_sid()
+        self.join()
+        return old
+
+    def leave(self) -> None:
+        """A clean exit: retire our own id, so nobody waits out our lapse."""
+        self.store.retire_supervisor(self.sid)
+
+    def due(self) -> float:
+        """The clock time the next tick is due (every supervisor tries for the sweep lock)."""
+        return min(self._next_beat, self._next_check, *([self._next_orphans] if self.sweeping else []))
+
+    def tick(self) -> bool:
+        """Beat, and sweep for the dead if we hold the sweep lock. False when we were found
+        retired: the caller kills its workers and calls `rejoin()`."""
+        try:
+            alive = self._tick(self.clock())
+        except UNREACHABLE as exc:
+            self._unreachable(exc)
+            return True
+        if self._unreachable_since is not None:
+            log.warning("the store is reachable again after %.1f s", self.clock() - self._unreachable_since)
+            self._unreachable_since = None
+        return alive
+
+    def _tick(self, now: float) -> bool:
+        if now >= self._next_beat:
+            self._next_beat = now + self.lapse / BEATS_PER_LAPSE
+            if not self.store.beat_supervisor(self.sid):
+                return False
+        if now >= self._next_check:
+            self._next_check = now + CHECK
+            self.sweeping = self.store.lock_sweeper()
+            if self.sweeping and self._retire_lapsed():
+                self._next_orphans = now  # give their claims back now
+        if self.sweeping and now >= self._next_orphans:
+            self._next_orphans = now + 1.0
+            self._release_orphans()
+        return True
+
+    def _retire_lapsed(self) -> list[str]:
+        """Declare dead each supervisor whose last beat is older than the lapse."""
+        retired = [sid for sid, age in self.store.supervisor_beats().items()
+                   if sid != self.sid and age > self.lapse and self.store.retire_supervisor(sid)]
+        for sid in retired:
+            log.warning("supervisor %s missed its heartbeats for %.1f s: declared dead, its claims "
+                        "are given back", sid, self.lapse)
+        return retired
+
+    def _release_orphans(self) -> int:
+        """Give back every claim whose owner's supervisor is not live.
+
+        The claims are read before the live supervisors: a supervisor joins before its
+        workers claim, so a claim read first whose supervisor is missing from the later
+        read belongs to a retired one (or to none), never to one that just joined.
+        """
+        claims = self.store.claims()
+        live = set(self.store.supervisor_beats()) | {self.sid}
+        orphans = sorted({t.owner for t in claims if t.owner and owner_supervisor(t.owner) not in live})
+        released = 0
+        for owner in orphans:
+            how = f"its supervisor {owner_supervisor(owner) or '(none)'} was declared dead"
+            released += len(self.store.release_owner(owner, how=how, decide=self.decide))
+        if released:
+            log.info("gave back %d claims of %d workers of dead supervisors", released, len(orphans))
+        return released
+
+    def _unreachable(self, exc: BaseException) -> None:
+        if self._unreachable_since is None:
+            self._unreachable_since = self.clock()
+            log.warning("the store cannot be reached (%s); retrying", exc)
+        self.sweeping = False

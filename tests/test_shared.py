@@ -1,0 +1,183 @@
+"""Shared supervision's decisions, against an in-memory shared store with a hand-moved clock.
+
+Who is declared dead, whose claims go back, that a retired id stays retired: the
+rules, without processes. tests/test_pg_supervisors.py proves them on PostgreSQL with
+real supervisors, SIGKILL and a cut network link.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.owners import owner_id, owner_pid, owner_supervisor
+from runner.shared import BEATS_PER_LAPSE, SharedSupervision
+from runner.store import DirStore, StoreUnavailable, Task, TaskState
+
+LAPSE = 4.0
+
+
+class FakeShared:
+    """The SharedSupervisors calls over dicts; time is `now`, moved by the test."""
+
+    shared = True
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.beats: dict[str, float] = {}
+        self.owned: dict[str, str] = {}  # promise id -> owner
+        self.released: list[tuple[str, str | None]] = []  # (owner, how)
+        self.down = False
+
+    def _up(self) -> None:
+        if self.down:
+            raise StoreUnavailable("connection refused")
+
+    def join_supervisor(self, sid: str) -> None:
+        self._up()
+        self.beats[sid] = self.now
+
+    def beat_supervisor(self, sid: str) -> bool:
+        self._up()
+        if sid not in self.beats:
+            return False
+        self.beats[sid] = self.now
+        return True
+
+    def supervisor_beats(self) -> dict[str, float]:
+        self._up()
+        return {sid: self.now - beat for sid, beat in self.beats.items()}
+
+    def retire_supervisor(self, sid: str) -> bool:
+        self._up()
+        return self.beats.pop(sid, None) is not None
+
+    def claims(self) -> list[Task]:
+        self._up()
+        return [Task(pid, TaskState.CLAIMED, 1, 1, owner, self.now + 30, 0.0, (), None, None, self.now)
+                for pid, owner in self.owned.items()]
+
+    def release_owner(self, owner: str | None, *, how: str | None = None, **_: Any) -> list[str]:
+        self._up()
+        held = sorted(pid for pid, who in self.owned.items() if who == owner)
+        for pid in held:
+            del self.owned[pid]
+        self.released.append((str(owner), how))
+        return held
+
+
+class Handle:
+    """One supervisor's connection to the FakeShared: it holds the sweep lock or not."""
+
+    def __init__(self, store: FakeShared, sweeper: bool) -> None:
+        self._store = store
+        self._sweeper = sweeper
+
+    def lock_sweeper(self) -> bool:
+        self._store._up()
+        return self._sweeper
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def supervision(store: FakeShared, *, sweeper: bool = False) -> SharedSupervision:
+    handle = Handle(store, sweeper)
+    shared = SharedSupervision(handle, LAPSE, lambda *_: 0.0, clock=lambda: store.now)  # type: ignore[arg-type]
+    shared.join()
+    return shared
+
+
+def advance(store: FakeShared, seconds: float, *beating: SharedSupervision) -> None:
+    """Move the clock in small steps, each supervisor in `beating` ticking as it goes."""
+    end = store.now + seconds
+    while store.now < end:
+        store.now = min(end, store.now + 0.25)
+        for shared in beating:
+            assert shared.tick()
+
+
+def test_owner_ids_carry_the_supervisor_id() -> None:
+    me = os.getpid()
+    owner = owner_id(me, "abc123")
+    assert owner.startswith(owner_id(me) + "+") and owner_supervisor(owner) == "abc123"
+    assert owner_pid(owner) == me
+    assert owner_supervisor(owner_id(me)) is None and owner_supervisor(None) is None
+
+
+def test_a_lapsed_supervisors_claims_go_back_once_and_the_live_ones_keep_theirs() -> None:
+    store = FakeShared()
+    sweeper, quiet, busy = supervision(store, sweeper=True), supervision(store), supervision(store)
+    store.owned = {"r.0": quiet.owner(os.getpid()), "r.1": busy.owner(os.getpid()),
+                   "r.2": sweeper.owner(os.getpid())}
+    advance(store, LAPSE - 0.5, sweeper, busy)  # `quiet` stops beating: not lapsed yet
+    assert quiet.sid in store.beats and len(store.owned) == 3
+
+    advance(store, 1.0, sweeper, busy)
+    assert quiet.sid not in store.beats  # retired
+    assert sorted(store.owned) == ["r.1", "r.2"]
+    assert store.released == [(quiet.owner(os.getpid()), f"its supervisor {quiet.sid} was declared dead")]
+    advance(store, 2.0, sweeper, busy)
+    assert len(store.released) == 1  # once
+
+
+def test_only_the_sweeper_declares_the_dead() -> None:
+    store = FakeShared()
+    other, quiet = supervision(store), supervision(store)
+    store.owned = {"r.0": quiet.owner(1)}
+    advance(store, LAPSE * 2, other)
+    assert not other.sweeping and quiet.sid in store.beats and store.owned
+
+
+def test_a_retired_supervisor_finds_out_at_its_next_beat_and_rejoins_under_a_new_id() -> None:
+    store = FakeShared()
+    sweeper, cut = supervision(store, sweeper=True), supervision(store)
+    old = cut.sid
+    advance(store, LAPSE + 0.5, sweeper)  # `cut` cannot beat
+    assert old not in store.beats
+    store.now += LAPSE / BEATS_PER_LAPSE
+    assert cut.tick() is False  # its beat does not bring it back
+    assert old not in store.beats
+    assert cut.rejoin() == old and cut.sid != old and cut.sid in store.beats
+
+
+def test_claims_of_a_retired_supervisors_workers_taken_after_the_retirement_go_back() -> None:
+    store = FakeShared()
+    sweeper = supervision(store, sweeper=True)
+    advance(store, 1.0, sweeper)
+    store.owned["r.5"] = "4242@1.00+deadbeef0000"  # no such live supervisor
+    store.owned["r.6"] = "4243@1.00"  # nor any at all
+    store.owned["r.7"] = sweeper.owner(os.getpid())
+    advance(store, 1.25, sweeper)
+    assert sorted(store.owned) == ["r.7"]
+
+
+@pytest.mark.parametrize("sweeper", [True, False])
+def test_a_store_out_of_reach_is_waited_out(sweeper: bool) -> None:
+    store = FakeShared()
+    shared = supervision(store, sweeper=sweeper)
+    advance(store, 1.0, shared)
+    store.down = True
+    store.now += LAPSE
+    assert shared.tick() is True and not shared.sweeping
+    store.down = False
+    store.now += 1.0
+    assert shared.tick() is True and shared.sweeping is sweeper
+
+
+def test_the_directory_store_has_one_supervisor_who_sweeps_alone(tmp_path: Path) -> None:
+    store = DirStore(tmp_path / "store")
+    try:
+        assert store.shared is False and store.supervisors() == []
+        assert store.lock_supervisor()
+        store.publish_supervisor({"pid": os.getpid()})
+        store.join_supervisor("abc")
+        assert store.beat_supervisor("abc") and store.lock_sweeper()
+        assert store.supervisor_beats() == {} and store.retire_supervisor("abc") is False
+        assert store.supervisors() == [{"pid": os.getpid()}]
+    finally:
+        store.unlock_supervisor()
+        store.close()
