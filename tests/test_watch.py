@@ -85,37 +85,38 @@ def test_a_waiting_workflow_woken_is_work(tmp_path: Path) -> None:
     writer.close()
 
 
-# argv: store, count. Settles p-0 .. p-(count-1) in order, as fast as it can, once told to.
+# argv: store. Settles each id it is sent a line with, at once.
 SETTLER = r"""
 import sys
 from runner.store import open_store, State
 s = open_store(sys.argv[1])
 print("ready", flush=True)
-sys.stdin.read(1)
-for i in range(int(sys.argv[2])):
-    s.settle(f"p-{i}", State.RESOLVED, i)
+for line in sys.stdin:
+    s.settle(line.strip(), State.RESOLVED, 1)
 """
 
 
 def test_no_wake_up_is_missed_in_a_race(tmp_path: Path, processes: Spawn) -> None:
-    """Each wait begins as the other process settles: registered before the read, none is missed."""
+    """Each settle is sent off as its waiter reads the store: it lands before the read or after,
+    and either way the waiter, watching since before the read, sees it."""
     count = 300
     store = open_store(str(tmp_path / "store"))
     store.create([NewPromise(f"p-{i}", "f", runnable=False) for i in range(count)])
-    settler = processes([sys.executable, "-c", SETTLER, str(tmp_path / "store"), str(count)],
+    settler = processes([sys.executable, "-c", SETTLER, str(tmp_path / "store")],
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert settler.stdout.readline() == "ready\n"
-    settler.stdin.write("x")
-    settler.stdin.close()
     waited = 0
     for i in range(count):
         watch = store.watch(settled_topic(f"p-{i}"))
+        settler.stdin.write(f"p-{i}\n")
+        settler.stdin.flush()
         while not store.get(f"p-{i}").settled:  # type: ignore[union-attr]
             waited += 1
             assert watch.wait(10), f"the settle of p-{i} woke nobody"
         watch.close()
+    settler.stdin.close()
     assert settler.wait(30) == 0
-    assert waited > 0, "the race never happened: every settle came before its wait"
+    assert waited > 0, "the race never happened: every settle came before its read"
     store.close()
 
 
