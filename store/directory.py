@@ -249,8 +249,13 @@ class DirStore(Replica):
                     for pid in picked]
 
     def next_due(self) -> float | None:
-        """When the earliest delayed task (a retry's backoff) becomes claimable."""
-        with self._locked():
+        """When the earliest delayed task (a retry's backoff) becomes claimable, as of this
+        handle's last call, without the store lock.
+
+        A worker asks on each idle turn, just after a claim caught up, and watches TIMERS,
+        which every delayed task written later produces: it is woken to ask again.
+        """
+        with self._mutex:  # another thread of ours may be applying a frame
             return self.state.delayed[0][0] if self.state.delayed else None
 
     def next_timer(self) -> float | None:

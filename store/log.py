@@ -66,6 +66,7 @@ class Log:
         self._last_crc = 0  # payload checksum of the last frame before the cursor
         self.prev: list[int] | None = None  # what the cursor segment's header says of the one before
         self._fd: int | None = None
+        self._unsynced = False  # frames of others were read since our last fdatasync
 
     # -- locking -------------------------------------------------------------
 
@@ -89,7 +90,11 @@ class Log:
         try:
             yield
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            try:
+                if self._unsynced:  # what was read may be told only once it is on disk (read_new)
+                    self.sync()
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def holders(self) -> list[int]:
         """Pids holding the store lock now (none on a read-only store without a lock file)."""
@@ -182,8 +187,9 @@ class Log:
 
         Call under the lock. These frames are other processes' (our own appends move
         the cursor), and one may be unsynced: its writer died between its write and
-        its fdatasync. The caller is about to act on them, so they are synced first,
-        once per catch-up.
+        its fdatasync. Nothing read may be told before they are on disk: the lock is let
+        go only once they are, by our own append's fdatasync (of the same file, which
+        covers them) or else by one in locked().
         """
         found: list[tuple[int, int, bytes]] = []
         while True:
@@ -203,8 +209,8 @@ class Log:
                 self._bad_tail(buf, end, sealed=has_next)
             self.offset += end
             if not has_next:
-                if found and self.writable:
-                    self.sync()  # earlier segments were synced by whoever rotated past them
+                # Earlier segments were synced by whoever rotated past them.
+                self._unsynced = self._unsynced or (bool(found) and self.writable)
                 return found
             self.start_at(self.segment + 1, [self.offset, self._last_crc])
 
@@ -247,6 +253,7 @@ class Log:
                 os.ftruncate(self._fd, self.offset)
             raise io_error(exc, "writing to the log") from None
         faults.crash_point("append.after_sync")
+        self._unsynced = False
         self.offset += len(data)
         self._last_crc = codec.payload_crc(data, 0)
 
@@ -257,6 +264,7 @@ class Log:
             os.fdatasync(self._fd)
         except OSError as exc:
             raise io_error(exc, "syncing the log") from None
+        self._unsynced = False
 
     def _close_fd(self) -> None:
         if self._fd is not None:
