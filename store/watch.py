@@ -6,13 +6,15 @@ STORE/wake/ holds an empty file per topic: `work`, `timers`, `changes`, and
 (so a waiter for one promise wakes for a 256th of the settles, not for all). A
 topic's file exists once someone has watched it: a writer touches only files that
 exist, with one utime each, after it has unlocked the store, so whoever it wakes
-finds the lock free.
+finds the lock free. It knows which exist without asking for each: a waiter that
+creates a topic's file appends a byte to `created` before it reads the store, and a
+writer lists the files again whenever that file's size has changed.
 
-No wake-up is missed: a waiter adds its watch before it reads the state it waits
-on, and a writer touches after its change is committed. Either the touch comes
-after the watch (an event), or the read comes after the commit (it sees it). A
-writer killed between its commit and its touch wakes nobody: waiters keep a
-backstop timeout for that.
+No wake-up is missed: a waiter creates its file, says so in `created` and adds its
+watch before it reads the state it waits on, and a writer looks at `created` and
+touches after its change is committed. Either the touch comes after the watch (an
+event), or the read comes after the commit (it sees it). A writer killed between
+its commit and its touch wakes nobody: waiters keep a backstop timeout for that.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .layout import check_dir
 from .types import CHANGES, TIMERS, WORK, settled_topic
 
 WAKE_DIR = "wake"
+_CREATED = "created"  # one byte longer for each topic file ever created
 _SETTLED = settled_topic("")  # the prefix of every settle's topic
 _PLAIN = (WORK, TIMERS, CHANGES)
 
@@ -66,6 +69,8 @@ def wake_dir(root: Path, writable: bool) -> Path | None:
             check_dir(directory, "wake-up directory", follow=False)
         except FileNotFoundError:
             return None
+    if writable:
+        os.close(open_file(path / _CREATED, os.O_RDONLY | os.O_CREAT))
     return path
 
 
@@ -74,21 +79,44 @@ class Wakes:
 
     def __init__(self, directory: Path | None) -> None:
         self._fd: int | None = None
-        if directory is not None:
+        self._created: int | None = None
+        self._seen = -1  # the size of `created` when the files were last listed
+        self._existing: set[str] = set()
+        if directory is not None and os.path.lexists(directory / _CREATED):
             self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            self._created = open_file(directory / _CREATED, os.O_RDONLY)
 
     def touch(self, topics: Iterable[str]) -> None:
-        if self._fd is None:
+        if self._fd is None or self._created is None:
             return
-        for name in {topic_file(t) for t in topics}:
-            # Only a wake-up: a failure here never fails the durable change that caused it.
-            with contextlib.suppress(OSError):  # FileNotFoundError above all: nobody watched it yet
-                os.utime(name, dir_fd=self._fd, follow_symlinks=False)
+        # Only a wake-up: a failure here never fails the durable change that caused it.
+        with contextlib.suppress(OSError):
+            size = os.fstat(self._created).st_size  # before listing: one created meanwhile shows next time
+            if size != self._seen:
+                self._existing = self._list()
+                self._seen = size
+            for name in {topic_file(t) for t in topics} & self._existing:
+                with contextlib.suppress(FileNotFoundError):  # deleted by hand since
+                    os.utime(name, dir_fd=self._fd, follow_symlinks=False)
+
+    def _list(self) -> set[str]:
+        assert self._fd is not None
+        names = set(os.listdir(self._fd))
+        found = {name for name in _PLAIN if name in names}
+        if "settled" in names:
+            settled = os.open("settled", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=self._fd)
+            try:
+                found.update(f"settled/{name}" for name in os.listdir(settled))
+            finally:
+                os.close(settled)
+        return found
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for fd in (self._fd, self._created):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._created = None
 
 
 class Watch:
@@ -115,7 +143,10 @@ class Watch:
             return
         path = self._dir / name
         try:
-            os.close(open_file(path, os.O_RDONLY | os.O_CREAT))
+            os.close(open_file(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL))
+            self._announce()
+        except FileExistsError:
+            pass
         except OSError as exc:
             if exc.errno == errno.EROFS:
                 return  # a read-only store: nobody can write it, so nothing will happen
@@ -124,6 +155,15 @@ class Watch:
                                    _IN_ATTRIB | _IN_MODIFY | _IN_DONT_FOLLOW) < 0:
             raise OSError(ctypes.get_errno(), f"inotify_add_watch {path} failed")
         self._files.add(name)
+
+    def _announce(self) -> None:
+        """Tell writers a topic file is new (see the module's note): before any read."""
+        assert self._dir is not None
+        fd = open_file(self._dir / _CREATED, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, b".")
+        finally:
+            os.close(fd)
 
     def fileno(self) -> int:
         assert self._fd is not None, "watch is closed"
