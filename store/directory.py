@@ -105,6 +105,13 @@ class DirStore(Replica):
     def get(self, promise_id: str, *, now: float | None = None) -> Promise | None:
         """The promise as of `now` (timed out once overdue, swept or not)."""
         now = time.time() if now is None else now
+        self._usable()
+        with self._mutex:
+            p = self.state.promises.get(promise_id)
+            if p is not None and p.settled:
+                # Settled is final: no write anyone makes changes it, so no catching up
+                # (and no lock) is needed. A workflow's awaits of its settled children come here.
+                return p
         with self._locked():
             p = self._lookup(promise_id)
             return None if p is None else self.state.seen(p, now)

@@ -183,9 +183,8 @@ class Replica:
         """Pids holding the store lock now: a stopped one freezes every process."""
         return self._log.holders()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the store lock with a state that has caught up with every process's writes."""
+    def _usable(self) -> None:
+        """Refuse a handle that crossed a fork, or met damage."""
         if os.getpid() != self._pid:
             # A handle inherited across fork shares its flock's open file
             # description with the parent, so both "hold" the lock at once and claim the same
@@ -194,6 +193,11 @@ class Replica:
                              "open a new one in this process (after fork)")
         if self._damage is not None:
             raise self._damage
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store lock with a state that has caught up with every process's writes."""
+        self._usable()
         with self._mutex:
             try:
                 with self._log.locked():
