@@ -202,7 +202,7 @@ def create(tx: Tx, news: Sequence[NewPromise], now: float) -> list[str]:
             # A fan-out makes the ready queue thousands long at once, before autovacuum looks:
             # planned from stale statistics, each claim would sort the whole queue.
             tx.execute("ANALYZE tasks")
-    if any(first[pid].timeout is not None or _due(first[pid]) is not None for pid in created):
+    if any(_due(first[pid]) is not None for pid in created):
         tx.notify(TIMERS)
     if created:
         tx.notify(CHANGES)
