@@ -43,7 +43,8 @@ claimed AS (UPDATE tasks t SET state = 'claimed', owner = %(owner)s, counter = t
                 awaiting = '{{}}', wake = 'first', not_before = 0
             FROM picked WHERE t.id = picked.id RETURNING t.id, t.counter, t.attempt)
 SELECT p.id, p.state, p.func, p.args, p.parent, p.tags, p.timeout, p.created_at, p.settled_at, p.value,
-       p.attempt, c.counter, c.attempt
+       p.attempt, c.counter, c.attempt, pg_notify(%(changes)s, ''),
+       EXISTS (SELECT 1 FROM promises WHERE state = 'pending' AND timeout <= %(now)s) AS overdue
 FROM claimed c JOIN picked ON picked.id = c.id JOIN promises p ON p.id = c.id
 ORDER BY picked.k, picked.name, picked.front DESC, picked.queued
 """
@@ -94,14 +95,13 @@ class PgStore:
     def get(self, promise_id: str, *, now: float | None = None) -> Promise | None:
         """The promise as of `now` (timed out once overdue, swept or not)."""
         at = time.time() if now is None else now
-        row = self._db.run(lambda tx: tx.execute(
-            f"SELECT {rows.PROMISE} FROM {rows.PROMISE_FROM} WHERE p.id = %s", (promise_id,)).fetchone())
-        return None if row is None else rows.seen(row, at)
+        found = self._db.query(f"SELECT {rows.PROMISE} FROM {rows.PROMISE_FROM} WHERE p.id = %s",
+                               (promise_id,))
+        return rows.seen(found[0], at) if found else None
 
     def task(self, promise_id: str) -> Task | None:
-        row = self._db.run(lambda tx: tx.execute(f"SELECT {rows.TASK} FROM tasks WHERE id = %s",
-                                                 (promise_id,)).fetchone())
-        return None if row is None else rows.task(row)
+        found = self._db.query(f"SELECT {rows.TASK} FROM tasks WHERE id = %s", (promise_id,))
+        return rows.task(found[0]) if found else None
 
     def children(self, parent: str, now: float | None = None) -> list[Promise]:
         """The children of `parent` in creation order, each as `get` sees it at `now`."""
@@ -132,7 +132,7 @@ class PgStore:
         after = cursor - 1
         batch = min(limit + 1, 10_000) if not wanted else 1_000
         while len(found) <= limit:
-            page = self._page(query, (after, *params, batch))
+            page = self._db.query(query, (after, *params, batch))
             for row in page:
                 p = rows.seen(row, at)
                 if all(k in p.tags and p.tags[k] == v for k, v in wanted):
@@ -143,9 +143,6 @@ class PgStore:
         if len(found) <= limit:
             return Page([p for _, p in found], None)
         return Page([p for _, p in found[:limit]], found[limit][0])
-
-    def _page(self, query: str, params: tuple[Any, ...]) -> list[Any]:
-        return self._db.run(lambda tx: tx.execute(query, params).fetchall())
 
     def settle(self, promise_id: str, state: State, value: Any = None,
                now: float | None = None) -> Promise:
@@ -185,13 +182,11 @@ class PgStore:
             return []
 
         def body(tx: Tx) -> list[Claim]:
-            args = {"now": at, "owner": owner, "n": limit, "grace": AFFINITY_GRACE, "expires": expires}
-            claimed = tx.execute(_CLAIM, args)
-            overdue = tx.execute(_OVERDUE, (at,))  # in the same round trip
-            writes.time_out(tx, overdue.fetchall())
-            found = claimed.fetchall()
-            if found:
-                tx.notify(CHANGES)
+            args = {"now": at, "owner": owner, "n": limit, "grace": AFFINITY_GRACE, "expires": expires,
+                    "changes": tx.channel(CHANGES)}
+            found = tx.execute(_CLAIM, args).fetchall()
+            if not found or found[0][-1]:  # the claim says whether any promise is overdue
+                writes.time_out(tx, tx.execute(_OVERDUE, (at,)).fetchall())
             return [Claim(rows.promise(r), r[11], r[12], owner, expires) for r in found]
 
         return self._db.run(body)
@@ -205,7 +200,7 @@ class PgStore:
         params: tuple[Any, ...] = (expires, owner)
         if ids is not None:
             query, params = query + " AND id = ANY(%s)", (*params, list(ids))
-        return len(self._page(query + " RETURNING 1", params))
+        return len(self._db.query(query + " RETURNING 1", params))
 
     @staticmethod
     def _fenced(tx: Tx, pid: str, counter: int) -> tuple[Any, ...]:
@@ -348,8 +343,7 @@ class PgStore:
         return self._tasks("state = 'claimed' ORDER BY owner, id")
 
     def _tasks(self, where: str) -> list[Task]:
-        found = self._db.run(lambda tx: tx.execute(f"SELECT {rows.TASK} FROM tasks WHERE {where}").fetchall())
-        return [rows.task(r) for r in found]
+        return [rows.task(r) for r in self._db.query(f"SELECT {rows.TASK} FROM tasks WHERE {where}")]
 
     # -- deaths and the sweep -------------------------------------------------------------
 
@@ -389,14 +383,13 @@ class PgStore:
 
     def next_due(self) -> float | None:
         """When the earliest delayed task (a retry's backoff) becomes claimable."""
-        return self._db.run(lambda tx: tx.execute(
-            "SELECT min(not_before) FROM tasks WHERE state = 'ready' AND not_before > %s",
-            (time.time(),)).fetchone()[0])
+        return self._db.query("SELECT min(not_before) FROM tasks WHERE state = 'ready' AND not_before > %s",
+                              (time.time(),))[0][0]
 
     def next_timer(self) -> float | None:
         """When the earliest pending timer is due."""
-        return self._db.run(lambda tx: tx.execute(
-            "SELECT min(due) FROM promises WHERE state = 'pending' AND due IS NOT NULL").fetchone()[0])
+        found = self._db.query("SELECT min(due) FROM promises WHERE state = 'pending' AND due IS NOT NULL")
+        return found[0][0]
 
     def fire_timers(self, now: float | None = None) -> list[str]:
         """Resolve every timer due by `now`, settled at `now` (or timed out, past a deadline)."""

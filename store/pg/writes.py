@@ -40,13 +40,15 @@ WITH i AS (SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::float8[
 t AS (DELETE FROM tasks USING i WHERE tasks.id = i.id RETURNING tasks.id, tasks.counter, tasks.attempt)
 UPDATE promises p SET state = i.state, value = i.value, settled_at = i.at,
     attempt = coalesce((SELECT CASE WHEN t.counter = 0 THEN 0 ELSE t.attempt END FROM t WHERE t.id = i.id), 0)
-FROM i WHERE p.id = i.id AND p.state = 'pending' RETURNING p.id
+FROM i WHERE p.id = i.id AND p.state = 'pending'
+RETURNING p.id, pg_notify(%s, p.id), pg_notify(%s, '')
 """
 
 _WAKE = """
 UPDATE tasks t SET state = 'ready', awaiting = '{}', wake = 'first', remaining = 0, not_before = 0,
     ready_since = u.at, queued = nextval('queue_seq')
 FROM unnest(%s::text[], %s::float8[]) AS u(id, at) WHERE t.id = u.id
+RETURNING pg_notify(%s, '')
 """
 
 _REMAINING = ("UPDATE tasks t SET remaining = u.n FROM unnest(%s::text[], %s::int[]) AS u(id, n) "
@@ -88,7 +90,7 @@ def settle_at(tx: Tx, items: Sequence[tuple[str, State, Any, float]]) -> list[st
         return []
     ids = [i[0] for i in first]
     done = tx.execute(_SETTLE, (ids, [i[1].value for i in first], [pack(i[2]) for i in first],
-                                [i[3] for i in first]))
+                                [i[3] for i in first], tx.channel(settled_topic("")), tx.channel(CHANGES)))
     waiters = waiters_of(tx, ids)
     settled_ids = {r[0] for r in done.fetchall()}
     settled = [item for item in first if item[0] in settled_ids]
@@ -109,7 +111,7 @@ UPDATE promises p SET
     attempt = t.attempt
 FROM i JOIN t ON t.id = i.id WHERE p.id = i.id AND p.state = 'pending'
 RETURNING p.id, p.state, p.func, p.args, p.parent, p.tags, p.timeout, p.created_at, p.settled_at, p.value,
-    p.attempt
+    p.attempt, pg_notify(%(settled)s, p.id), pg_notify(%(changes)s, '')
 """
 
 
@@ -123,7 +125,7 @@ def complete(tx: Tx, done: Sequence[Completion], now: float) -> dict[str, Promis
     cursor = tx.execute(_COMPLETE, {
         "ids": ids, "counters": [d.counter for d in done], "states": [d.state.value for d in done],
         "values": [pack(d.value) for d in done], "late": [pack(timeout_error(d.id)) for d in done],
-        "now": now})
+        "now": now, "settled": tx.channel(settled_topic("")), "changes": tx.channel(CHANGES)})
     waiters = waiters_of(tx, ids)
     settled = {r[0]: rows.promise(r) for r in cursor.fetchall()}
     order = [settled[d.id] for d in done if d.id in settled]
@@ -140,11 +142,10 @@ def waiters_of(tx: Tx, ids: list[str]) -> Any:
 
 def wake(tx: Tx, settled: Sequence[tuple[str, State, Any, float]], waiters: Any) -> None:
     """Count these settles off each of `waiters` (waiters_of), in order; wake each once, when
-    its condition holds. Announces the settles."""
+    its condition holds (the settles' statement announced them)."""
     rows = waiters.fetchall()
     if not settled:
         return
-    tx.notify(CHANGES, *(settled_topic(i[0]) for i in settled))
     woken: list[tuple[str, float]] = []
     counted: list[tuple[str, int]] = []
     for wid, awaiting, remaining, how in rows:
@@ -161,8 +162,7 @@ def wake(tx: Tx, settled: Sequence[tuple[str, State, Any, float]], waiters: Any)
     if counted:
         tx.execute(_REMAINING, ([w for w, _ in counted], [n for _, n in counted]))
     if woken:
-        tx.execute(_WAKE, ([w for w, _ in woken], [at for _, at in woken]))
-        tx.notify(WORK)
+        tx.execute(_WAKE, ([w for w, _ in woken], [at for _, at in woken], tx.channel(WORK))).fetchall()
 
 
 def ready(tx: Tx, pid: str, *, not_before: float, attempt: int, error: Any, now: float,
