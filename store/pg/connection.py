@@ -136,6 +136,9 @@ class Database:
         when it returns, as any commit)."""
         return self.run(lambda tx: _rows(tx.execute(statement, params)), alone=True)
 
+    def channel(self, topic: str) -> str:
+        return route(self.schema, topic)[0]
+
     def _reconnect(self) -> None:
         """After a lost connection the next call connects afresh. The lost call raised: its
         change was not made, or was committed unacknowledged, and is read back as it stands."""

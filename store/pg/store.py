@@ -28,8 +28,10 @@ AFFINITY_GRACE = 1.0  # seconds a woken workflow waits for the worker that has i
 _CANDIDATES = ("SELECT id, front, queued FROM tasks WHERE state = 'ready' "
                "AND not_before <= %(now)s AND (deadline IS NULL OR deadline > %(now)s) AND {which} "
                "ORDER BY {order} LIMIT %(n)s FOR UPDATE SKIP LOCKED")
-# One statement: the owner's own woken workflows first, then the queue's (given back after a
-# death at its front), none overdue; each claimed with a fresh counter; their promises.
+# One statement, so a transaction of its own (one round trip): the owner's own woken
+# workflows first, then the queue's (given back after a death at its front), none overdue;
+# each claimed with a fresh counter; their promises, and whether any promise is overdue
+# (one row of NULLs, saying so, when nothing was claimed).
 _CLAIM = f"""
 WITH mine AS ({_CANDIDATES.format(which="affinity = %(owner)s", order="id")}),
 others AS ({_CANDIDATES.format(which="(affinity IS NULL OR (affinity <> %(owner)s AND "
@@ -41,12 +43,17 @@ picked AS (SELECT * FROM (SELECT id, 0 AS k, id AS name, false AS front, 0::bigi
 claimed AS (UPDATE tasks t SET state = 'claimed', owner = %(owner)s, counter = t.counter + 1,
                 expires_at = %(expires)s, claimed_at = %(now)s, front = false, affinity = NULL,
                 awaiting = '{{}}', wake = 'first', not_before = 0
-            FROM picked WHERE t.id = picked.id RETURNING t.id, t.counter, t.attempt)
-SELECT p.id, p.state, p.func, p.args, p.parent, p.tags, p.timeout, p.created_at, p.settled_at, p.value,
-       p.attempt, c.counter, c.attempt, pg_notify(%(changes)s, ''),
-       EXISTS (SELECT 1 FROM promises WHERE state = 'pending' AND timeout <= %(now)s) AS overdue
-FROM claimed c JOIN picked ON picked.id = c.id JOIN promises p ON p.id = c.id
-ORDER BY picked.k, picked.name, picked.front DESC, picked.queued
+            FROM picked WHERE t.id = picked.id RETURNING t.id, t.counter, t.attempt),
+got AS (SELECT p.id, p.state, p.func, p.args, p.parent, p.tags, p.timeout, p.created_at, p.settled_at,
+               p.value, p.attempt, c.counter, c.attempt AS run, picked.k, picked.name, picked.front,
+               picked.queued
+        FROM claimed c JOIN picked ON picked.id = c.id JOIN promises p ON p.id = c.id)
+SELECT got.id, got.state, got.func, got.args, got.parent, got.tags, got.timeout, got.created_at,
+       got.settled_at, got.value, got.attempt, got.counter, got.run,
+       (SELECT count(*) FROM (SELECT pg_notify(%(changes)s, '') FROM got LIMIT 1) AS n),
+       EXISTS (SELECT 1 FROM promises WHERE state = 'pending' AND timeout <= %(now)s)
+FROM (SELECT 1) AS one LEFT JOIN got ON true
+ORDER BY got.k, got.name, got.front DESC, got.queued
 """
 _OVERDUE = ("SELECT id, timeout FROM promises WHERE state = 'pending' AND timeout <= %s "
             "ORDER BY timeout, id FOR UPDATE SKIP LOCKED")
@@ -175,21 +182,17 @@ class PgStore:
               lease: float | None = None) -> list[Claim]:
         """Lease up to `limit` ready tasks to `owner` (its own woken workflows first, then in
         queue order), each with a fresh counter. Never an overdue one: every promise past its
-        deadline is timed out in the same transaction instead."""
+        deadline is timed out instead, before this returns."""
         at = time.time() if now is None else now
         expires = at + (self.lease if lease is None else lease)
         if limit <= 0:
             return []
 
-        def body(tx: Tx) -> list[Claim]:
-            args = {"now": at, "owner": owner, "n": limit, "grace": AFFINITY_GRACE, "expires": expires,
-                    "changes": tx.channel(CHANGES)}
-            found = tx.execute(_CLAIM, args).fetchall()
-            if not found or found[0][-1]:  # the claim says whether any promise is overdue
-                writes.time_out(tx, tx.execute(_OVERDUE, (at,)).fetchall())
-            return [Claim(rows.promise(r), r[11], r[12], owner, expires) for r in found]
-
-        return self._db.run(body)
+        found = self._db.query(_CLAIM, {"now": at, "owner": owner, "n": limit, "grace": AFFINITY_GRACE,
+                                        "expires": expires, "changes": self._db.channel(CHANGES)})
+        if found[0][-1]:
+            self._db.run(lambda tx: writes.time_out(tx, tx.execute(_OVERDUE, (at,)).fetchall()))
+        return [Claim(rows.promise(r), r[11], r[12], owner, expires) for r in found if r[0] is not None]
 
     def heartbeat(self, owner: str, now: float | None = None, *, lease: float | None = None,
                   ids: Sequence[str] | None = None) -> int:
