@@ -208,3 +208,10 @@ def test_without_the_driver_a_command_on_a_url_is_one_line_naming_the_extra() ->
     assert done.returncode == 3
     assert done.stderr == ("runner: error: postgresql:///test needs the PostgreSQL driver: "
                            "pip install 'fanout-runner[postgres]'\n")
+
+
+def test_history_on_a_url_is_one_clear_error(url: str) -> None:
+    from runner import Client
+
+    with Client(url) as client, pytest.raises(StoreUnavailable, match="keeps no log of executions"):
+        client.history("any")
