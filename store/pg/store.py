@@ -55,6 +55,28 @@ SELECT got.id, got.state, got.func, got.args, got.parent, got.tags, got.timeout,
 FROM (SELECT 1) AS one LEFT JOIN got ON true
 ORDER BY got.k, got.name, got.front DESC, got.queued
 """
+# Judge and write a suspend in one statement. The awaited promises are read FOR SHARE: a
+# settle of one of them waits for this commit and then sees the task waiting, or this waits
+# for the settle's commit and sees it settled; no wake-up falls between. The task waits
+# only if its claim is current, every awaited id exists, and `wake` does not hold already.
+_SUSPEND = """
+WITH aw AS (SELECT id, state FROM promises WHERE id = ANY(%(ids)s) ORDER BY id FOR SHARE),
+me AS (SELECT state, counter FROM tasks WHERE id = %(id)s FOR UPDATE),
+judged AS (SELECT count(*) AS found, count(*) FILTER (WHERE state = 'pending') AS remaining,
+                  count(*) FILTER (WHERE state <> 'pending') AS settled,
+                  bool_or(state NOT IN ('pending', 'resolved')) AS failed, bool_or(state = 'resolved') AS won,
+                  array_agg(id) AS known
+           FROM aw),
+waiting AS (UPDATE tasks t SET state = 'waiting', awaiting = %(awaiting)s, remaining = j.remaining,
+                wake = %(wake)s, affinity = %(affinity)s, owner = NULL, expires_at = NULL
+            FROM judged j WHERE t.id = %(id)s AND t.state = 'claimed' AND t.counter = %(counter)s
+                AND j.found = %(n)s AND NOT (j.settled > 0 AND (%(wake)s = 'first' OR j.remaining = 0
+                    OR (%(wake)s = 'all' AND j.failed) OR (%(wake)s = 'any' AND j.won)))
+            RETURNING t.id)
+SELECT (SELECT state FROM me), (SELECT counter FROM me), j.known,
+       (SELECT count(pg_notify(%(changes)s, '')) FROM waiting)
+FROM judged j
+"""
 _OVERDUE = ("SELECT id, timeout FROM promises WHERE state = 'pending' AND timeout <= %s "
             "ORDER BY timeout, id FOR UPDATE SKIP LOCKED")
 _HELD = ("SELECT t.id, t.state, t.counter, t.attempt, t.owner, t.expires_at, t.not_before, t.awaiting, "
@@ -222,6 +244,11 @@ class PgStore:
         the claim is current. Past its deadline it times out and `creates` are dropped."""
         if not state.settled:
             raise ValueError("complete needs a final state")
+        if not creates:  # the fenced group commit of one: a statement less than fencing first
+            [done] = self.complete_many([Completion(promise_id, counter, state, value)], now)
+            if isinstance(done, StaleClaim):
+                raise done
+            return done
         at = time.time() if now is None else now
 
         def body(tx: Tx) -> Promise:
@@ -269,24 +296,19 @@ class PgStore:
         unique = list(dict.fromkeys(awaiting))
 
         def body(tx: Tx) -> bool:
-            self._fenced(tx, promise_id, counter)
-            writes.create(tx, creates, at)
-            # FOR SHARE: a settle of one of them waits for this commit, then sees us waiting
-            # (or we wait for its commit, and see it settled); no wake-up falls between.
-            states = dict(tx.execute("SELECT id, state FROM promises WHERE id = ANY(%s) ORDER BY id "
-                                     "FOR SHARE", (unique,)).fetchall())
-            unknown = [a for a in unique if a not in states]
+            writes.create(tx, creates, at)  # undone with the rest if the claim is stale
+            args = {"id": promise_id, "counter": counter, "ids": unique, "n": len(unique),
+                    "awaiting": list(awaiting), "wake": wake.value, "affinity": affinity,
+                    "changes": tx.channel(CHANGES)}
+            state, current, known, waits = tx.execute(_SUSPEND, args).fetchone()
+            if state is None:
+                raise StaleClaim(promise_id, counter, "the promise is settled or has no task")
+            if state != "claimed" or current != counter:
+                raise StaleClaim(promise_id, counter, f"the task is {state} at counter {current}")
+            unknown = [a for a in unique if a not in set(known or ())]
             if unknown:
                 raise NotFound(unknown[0])  # waiting on it would wait forever
-            settled = [State(s) for s in states.values() if s != State.PENDING.value]
-            remaining = len(unique) - len(settled)
-            if any(wake.holds(s, remaining) for s in settled):
-                return False
-            tx.execute("UPDATE tasks SET state = 'waiting', awaiting = %s, remaining = %s, wake = %s, "
-                       "affinity = %s, owner = NULL, expires_at = NULL WHERE id = %s",
-                       (list(awaiting), remaining, wake.value, affinity, promise_id))
-            tx.notify(CHANGES)
-            return True
+            return bool(waits)
 
         return self._db.run(body)
 
