@@ -60,6 +60,10 @@ CREATE TABLE tasks (
     deadline double precision,
     queued bigint NOT NULL DEFAULT nextval('queue_seq')
 );
+-- A claim walks the ready index from its head, past the entries of tasks claimed since:
+-- vacuumed often, so a long-lived store's queue head stays short.
+ALTER TABLE tasks SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
+                       autovacuum_analyze_scale_factor = 0.05);
 CREATE INDEX tasks_ready ON tasks (front DESC, queued) WHERE state = 'ready';
 CREATE INDEX tasks_owner ON tasks (owner) WHERE state = 'claimed';
 CREATE INDEX tasks_lease ON tasks (expires_at) WHERE state = 'claimed';
