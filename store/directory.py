@@ -108,13 +108,18 @@ class DirStore(Replica):
         self._usable()
         with self._mutex:
             p = self.state.promises.get(promise_id)
-            if p is not None and p.settled:
-                # Settled is final: no write anyone makes changes it, so no catching up
-                # (and no lock) is needed. A workflow's awaits of its settled children come here.
+            if p is not None and p.settled and self._held_pending(p.parent):
+                # Settled is final, and a run with a pending root is never archived nor
+                # removed: no write anyone makes changes it, so no catching up (and no
+                # lock) is needed. A workflow's awaits of its settled children come here.
                 return p
         with self._locked():
             p = self._lookup(promise_id)
             return None if p is None else self.state.seen(p, now)
+
+    def _held_pending(self, pid: str | None) -> bool:
+        parent = None if pid is None else self.state.promises.get(pid)
+        return parent is not None and not parent.settled
 
     def _lookup(self, pid: str) -> Promise | None:
         """The promise, from the live state or else from the history database."""

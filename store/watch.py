@@ -38,7 +38,11 @@ _CREATED = "created"  # one byte longer for each topic file ever created
 _SETTLED = settled_topic("")  # the prefix of every settle's topic
 _PLAIN = (WORK, TIMERS, CHANGES)
 
+_LOG = "../log"  # watched when a topic's file cannot be made
+
 _IN_MODIFY = 0x00000002
+_IN_CREATE = 0x00000100
+_IN_MOVED_TO = 0x00000080
 _IN_ATTRIB = 0x00000004  # what utime raises on the watched file
 _IN_DONT_FOLLOW = 0x02000000  # a link planted in wake/ is never watched through
 _IN_NONBLOCK = 0o4000
@@ -143,21 +147,39 @@ class Watch:
             return
         path = self._dir / name
         try:
-            os.close(open_file(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL))
-            self._announce()
+            self._create(path)
         except FileExistsError:
             pass
         except OSError as exc:
             if exc.errno == errno.EROFS:
                 return  # a read-only store: nobody can write it, so nothing will happen
-            raise
-        if _libc.inotify_add_watch(self.fileno(), os.fsencode(path),
-                                   _IN_ATTRIB | _IN_MODIFY | _IN_DONT_FOLLOW) < 0:
-            raise OSError(ctypes.get_errno(), f"inotify_add_watch {path} failed")
+            self._every_append()  # a full disk, say: woken by every append, never missed
+            return
+        self._inotify(path, _IN_ATTRIB | _IN_MODIFY | _IN_DONT_FOLLOW)
         self._files.add(name)
 
+    def _create(self, path: Path) -> None:
+        """Make the topic's file and tell writers (see the module's note): before any read."""
+        os.close(open_file(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL))
+        try:
+            self._announce()
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # unannounced, it would never be touched
+            raise
+
+    def _every_append(self) -> None:
+        """Watch the log itself: spurious wake-ups for every write, but no file to create."""
+        assert self._dir is not None
+        if _LOG not in self._files:
+            self._inotify(self._dir.parent / "log", _IN_MODIFY | _IN_CREATE | _IN_MOVED_TO)
+            self._files.add(_LOG)
+
+    def _inotify(self, path: Path, mask: int) -> None:
+        if _libc.inotify_add_watch(self.fileno(), os.fsencode(path), mask) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {path} failed")
+
     def _announce(self) -> None:
-        """Tell writers a topic file is new (see the module's note): before any read."""
         assert self._dir is not None
         fd = open_file(self._dir / _CREATED, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
