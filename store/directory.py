@@ -108,9 +108,10 @@ class DirStore(Replica):
         self._usable()
         with self._mutex:
             p = self.state.promises.get(promise_id)
-            if p is not None and p.settled:
-                # Settled is final: no write anyone makes changes it, so no catching up
-                # (and no lock) is needed. A workflow's awaits of its settled children come here.
+            if p is not None and p.settled and p.parent is not None and self.state.pending(p.parent):
+                # Settled is final, and a run with a promise pending in it (the parent) is
+                # neither archived nor removed: no write anyone makes changes the answer, so no
+                # catching up (and no lock) is needed. A workflow's awaits of its settled children come here.
                 return p
         with self._locked():
             p = self._lookup(promise_id)
