@@ -256,6 +256,13 @@ class PgStore:
 
         return self._db.run(body)
 
+    def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
+                           now: float | None = None, *, lease: float | None = None
+                           ) -> tuple[list[Promise | StaleClaim], list[Claim]]:
+        """complete_many, then claim: two transactions, since a database has no fdatasync per
+        call for one to share."""
+        return self.complete_many(completions, now), self.claim(owner, now, limit=limit, lease=lease)
+
     def suspend(self, promise_id: str, counter: int, awaiting: Sequence[str],
                 now: float | None = None, *, creates: Sequence[NewPromise] = (),
                 affinity: str | None = None, wake: Wake = Wake.FIRST) -> bool:
