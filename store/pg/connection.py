@@ -52,6 +52,10 @@ def _first_line(exc: BaseException) -> str:
     return redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
 
+def _rows(cursor: Any) -> list[Any]:
+    return cursor.fetchall() if cursor.description is not None else []
+
+
 def forget(conn: Any, pid: int) -> None:
     """Close `conn`, opened by process `pid`; in a forked child, only let go of it."""
     if os.getpid() == pid:
@@ -74,6 +78,11 @@ class Tx:
     def notify(self, *topics: str) -> None:
         self.topics.update(topics)
 
+    def channel(self, topic: str) -> str:
+        """The channel of a topic, for a statement that sends its own NOTIFY (one round trip
+        less; settled:<id> goes out on the settled channel with the id as payload)."""
+        return route(self._schema, topic)[0]
+
     def send(self) -> None:
         """NOTIFY every topic of this transaction: delivered at its commit, never before."""
         if not self.topics:
@@ -89,18 +98,25 @@ class Database:
         self._pid = os.getpid()
         self._mutex = threading.Lock()
         self._closed = False
-        self._conn: Any = connect(dsn, shown, schema)
+        # Autocommit: a lone statement is its own transaction (one round trip, no BEGIN or
+        # COMMIT of its own); run() opens one around several.
+        self._conn: Any = connect(dsn, shown, schema, autocommit=True)
 
-    def run(self, body: Callable[[Tx], T]) -> T:
-        """`body` in one transaction, run again after a deadlock or a serialization failure."""
+    def run(self, body: Callable[[Tx], T], *, alone: bool = False) -> T:
+        """`body` in one transaction, run again after a deadlock or a serialization failure
+        (`alone`: its one statement is the transaction, and it notifies nothing)."""
         with self._mutex:
             if self._closed:
                 raise StoreUnavailable(f"the store {self.shown} is closed")
             if self._conn is None:
-                self._conn = connect(self.dsn, self.shown, self.schema)
+                self._conn = connect(self.dsn, self.shown, self.schema, autocommit=True)
             for attempt in range(_RETRIES):
                 tx = Tx(self._conn, self.schema)
                 try:
+                    # Pipelined: a statement whose result is not read yet goes out with the
+                    # next one read, or with the commit: fewer round trips per call.
+                    if alone:
+                        return body(tx)
                     with self._conn.transaction():
                         result = body(tx)
                         tx.send()
@@ -114,6 +130,14 @@ class Database:
                 except psycopg.Error as exc:
                     raise StoreIOError(f"{self.shown}: {_first_line(exc)}") from None
         raise AssertionError("unreachable")
+
+    def query(self, statement: Any, params: Any = None) -> list[Any]:
+        """The rows of one statement, run as a transaction of its own (atomic, and durable
+        when it returns, as any commit)."""
+        return self.run(lambda tx: _rows(tx.execute(statement, params)), alone=True)
+
+    def channel(self, topic: str) -> str:
+        return route(self.schema, topic)[0]
 
     def _reconnect(self) -> None:
         """After a lost connection the next call connects afresh. The lost call raised: its

@@ -38,31 +38,32 @@ class Supervisors:
             return False
         self._conn = conn
         backend = conn.info.backend_pid
-        self._db.run(lambda tx: tx.execute(
+        self._db.query(
             "INSERT INTO supervisors (id, info, beat, backend) VALUES (%s, %s, %s, %s) ON CONFLICT (id) "
             "DO UPDATE SET info = excluded.info, beat = excluded.beat, backend = excluded.backend",
-            (self._id, codec.pack({}), time.time(), backend)))
+            (self._id, codec.pack({}), time.time(), backend))
         return True
 
     def unlock(self) -> None:
         if self._conn is None:
             return
-        self._db.run(lambda tx: tx.execute("DELETE FROM supervisors WHERE id = %s", (self._id,)))
+        self._db.query("DELETE FROM supervisors WHERE id = %s", (self._id,))
         self.close()
 
     def publish(self, info: dict[str, Any]) -> None:
         """Describe the running supervisor for `runner status`."""
         assert self._conn is not None, "not the supervisor"
-        self._db.run(lambda tx: tx.execute("UPDATE supervisors SET info = %s, beat = %s WHERE id = %s",
-                                           (codec.pack(info), time.time(), self._id)))
+        self._db.query("UPDATE supervisors SET info = %s, beat = %s WHERE id = %s",
+                       (codec.pack(info), time.time(), self._id))
 
     def describe(self) -> dict[str, Any] | None:
         """The running supervisor's description, or None when no supervisor runs."""
-        row = self._db.run(lambda tx: tx.execute(
+        found = self._db.query(
             "SELECT info FROM supervisors s WHERE EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = s.backend "
-            "AND l.locktype = 'advisory' AND l.granted) ORDER BY beat DESC LIMIT 1").fetchone())
-        if row is None:
+            "AND l.locktype = 'advisory' AND l.granted) ORDER BY beat DESC LIMIT 1")
+        if not found:
             return None
+        row = found[0]
         try:
             info = codec.unpack(bytes(row[0]))
         except codec.Undecodable:  # an empty description beats a wrong one
