@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from runner.store import CHANGES, DirStore, Execution, History, open_history, open_store
+from runner.store import CHANGES, Execution, History, PromiseStore, open_history, open_store
 
 from .errors import RunnerError, SupervisorFailed
 from .owners import owner_id
@@ -66,7 +66,7 @@ class LocalSupervisor:
         os.close(fd)
         self.log = Path(log)
         self._seen: set[Proc] = set()  # every process of ours so far, to check gone at the end
-        self._store: DirStore | None = None
+        self._store: PromiseStore | None = None
         self._history: History | None = None
 
     # -- starting and stopping -----------------------------------------------------
@@ -199,7 +199,7 @@ class LocalSupervisor:
         return set(self._seen)
 
     @property
-    def store(self) -> DirStore:
+    def store(self) -> PromiseStore:
         if self._store is None:
             self._store = open_store(str(self.store_dir))
         return self._store

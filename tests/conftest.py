@@ -12,7 +12,7 @@ import pytest
 from hypothesis import settings
 
 from tests.e2e_support import Workspace
-from tests.helpers import Spawn, cli_env, kill_group
+from tests.helpers import Spawn, cli_env, drop_pg_schema, kill_group, new_pg_schema, pg_unreachable
 
 # Process tests are slow per example and timing varies on a loaded 2-core machine:
 # no per-example deadline, and a bounded number of examples.
@@ -60,6 +60,34 @@ def processes() -> Iterator[Spawn]:
 def store_dir(tmp_path: Path) -> Path:
     """A store path under tmp_path that does not exist yet: the store creates it."""
     return tmp_path / "store"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test of a store (through `backend`) runs on both stores, unless it also asks for
+    `store_dir`: it looks at the directory store's files, and runs on that one only."""
+    if "backend" in metafunc.fixturenames:
+        kinds = ["dir"] if "store_dir" in metafunc.fixturenames else ["dir", "pg"]
+        metafunc.parametrize("backend", kinds, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_location(backend: str, tmp_path: Path) -> Iterator[str]:
+    """Where a test's store is: a directory, or a fresh PostgreSQL schema dropped after it
+    (skipped, with the reason, where no PostgreSQL is reachable)."""
+    if backend == "dir":
+        yield str(tmp_path / "store")
+        return
+    reason = pg_unreachable()
+    if reason is not None:
+        pytest.skip(reason)
+    url = new_pg_schema()
+    yield url
+    drop_pg_schema(url)
 
 
 @pytest.fixture

@@ -156,3 +156,39 @@ def kill_group(proc: subprocess.Popen[str] | subprocess.Popen[bytes], timeout: f
         if stream is not None:
             stream.close()
     _wait_group_gone(proc.pid)
+
+
+# -- PostgreSQL: each test gets a schema of its own in this database, dropped after it ----------
+
+PG_DATABASE = os.environ.get("RUNNER_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
+_pg_reason: list[str | None] = []
+
+
+def pg_unreachable() -> str | None:
+    """Why the PostgreSQL tests cannot run here (None: they can), found once per session."""
+    if not _pg_reason:
+        try:
+            import psycopg
+        except ImportError:
+            _pg_reason.append("psycopg is not installed (pip install 'fanout-runner[postgres]')")
+        else:
+            try:
+                psycopg.connect(PG_DATABASE, connect_timeout=3).close()
+                _pg_reason.append(None)
+            except psycopg.Error as exc:
+                _pg_reason.append(f"no PostgreSQL at {PG_DATABASE}: {str(exc).strip().splitlines()[0]}")
+    return _pg_reason[0]
+
+
+def new_pg_schema() -> str:
+    """A store URL naming a schema nobody uses yet (the store creates it at first use)."""
+    return f"{PG_DATABASE}?schema=t_{os.getpid()}_{time.monotonic_ns() % 10**12}"
+
+
+def drop_pg_schema(url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    schema = url.rsplit("schema=", 1)[1]
+    with psycopg.connect(PG_DATABASE, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

@@ -25,10 +25,10 @@ from runner.store import (
     TIMER,
     TIMER_DUE,
     Completion,
-    DirStore,
     NewPromise,
     NotFound,
     Promise,
+    PromiseStore,
     StaleClaim,
     State,
     TaskState,
@@ -38,6 +38,7 @@ from runner.store import (
 from runner.store.deaths import died_error
 from runner.store.directory import AFFINITY_GRACE
 from runner.store.state import timeout_error
+from tests.helpers import drop_pg_schema, new_pg_schema, pg_unreachable
 
 IDS = ["a", "b", "c", "a.0", "a.1", "b.0", "a.0.0", "a.0.1"]
 OWNERS = ["w1", "w2"]
@@ -78,17 +79,23 @@ class MTask:
 class StoreModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.tmp = tempfile.mkdtemp(prefix="store-model-")
-        self.root = f"{self.tmp}/store"
-        self.handles: list[DirStore] = [open_store(self.root), open_store(self.root)]
+        self.root = self.make_store()
+        self.handles: list[PromiseStore] = [open_store(self.root), open_store(self.root)]
         self.now = 100.0
         self.promises: dict[str, Promise] = {}  # in creation order
         self.tasks: dict[str, MTask] = {}
 
+    def make_store(self) -> str:
+        self.tmp = tempfile.mkdtemp(prefix="store-model-")
+        return f"{self.tmp}/store"
+
+    def drop_store(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
     def teardown(self) -> None:
         for h in self.handles:
             h.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.drop_store()
 
     # -- the model's own transitions -----------------------------------------------
 
@@ -492,3 +499,20 @@ StoreModel.TestCase.settings = settings(max_examples=40, stateful_step_count=30,
 TestStoreModel = StoreModel.TestCase
 CompactingStoreModel.TestCase.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
 TestCompactingStoreModel = CompactingStoreModel.TestCase
+
+
+class PgStoreModel(StoreModel):
+    """The same machine on PostgreSQL: two handles are two connections, each example a
+    fresh schema; `reopen` connects again."""
+
+    def make_store(self) -> str:
+        self.url = new_pg_schema()
+        return self.url
+
+    def drop_store(self) -> None:
+        drop_pg_schema(self.url)
+
+
+PgStoreModel.TestCase.settings = settings(max_examples=30, stateful_step_count=30, deadline=None)
+TestPgStoreModel = pytest.mark.skipif(pg_unreachable() is not None, reason=str(pg_unreachable()))(
+    PgStoreModel.TestCase)

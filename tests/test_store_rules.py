@@ -18,8 +18,9 @@ from tests.test_store import claim_one, frame_count, log_bytes, new
 
 
 @pytest.fixture
-def s(store_dir: Path) -> Iterator[DirStore]:
-    handle = open_store(str(store_dir))
+def s(store_location: str) -> Iterator[DirStore]:
+    """A store on each backend (a test that also asks for store_dir: the directory store only)."""
+    handle = open_store(store_location)
     yield handle
     handle.close()
 

@@ -23,8 +23,9 @@ def timer(pid: str, due: float, parent: str | None = "wf", timeout: float | None
 
 
 @pytest.fixture
-def s(tmp_path: Path) -> Iterator[DirStore]:
-    store = open_store(str(tmp_path / "store"))
+def s(store_location: str) -> Iterator[DirStore]:
+    """A store on each backend (a test that also asks for store_dir: the directory store only)."""
+    store = open_store(store_location)
     yield store
     store.close()
 

@@ -22,7 +22,15 @@ from typing import Any
 
 import click
 
-from runner.store import DirStore, InvalidId, NotFound, NotSerializable, StoreError, StoreIOError, open_store
+from runner.store import (
+    InvalidId,
+    NotFound,
+    NotSerializable,
+    PromiseStore,
+    StoreError,
+    StoreIOError,
+    open_store,
+)
 
 from .. import logs
 from ..apps import load_apps
@@ -43,7 +51,7 @@ class Env:
     store_dir: Path
     apps: tuple[str, ...]
 
-    def open(self, *, load: bool = True) -> tuple[DirStore, Registry]:
+    def open(self, *, load: bool = True) -> tuple[PromiseStore, Registry]:
         if load:
             self.load()
         return open_store(str(self.store_dir)), registry
@@ -121,7 +129,7 @@ def to_json(value: Any, *, indent: int | None = None) -> str:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in README.md).")
 
 
-def open_existing(env: Env) -> DirStore:
+def open_existing(env: Env) -> PromiseStore:
     """The store, which must exist already: looking must not create one."""
     if not env.store_dir.is_dir():
         fail(f"no store at {env.store_dir} (set --store or RUNNER_STORE)", EXIT_STORE)

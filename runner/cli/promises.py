@@ -13,7 +13,7 @@ from typing import Any
 import click
 from rich.text import Text
 
-from runner.store import DirStore, State
+from runner.store import PromiseStore, State
 
 from .. import parked, settle
 from . import report, views
@@ -177,7 +177,7 @@ def retry(env: Env, promise_id: str, as_json: bool) -> None:
         click.echo(f"{promise_id} resumed: it replays when a worker claims it")
 
 
-def _settled(store: DirStore, promise_id: str, as_json: bool, canceled: list[str] | None = None) -> None:
+def _settled(store: PromiseStore, promise_id: str, as_json: bool, canceled: list[str] | None = None) -> None:
     data = report.detail(store, promise_id)
     if canceled is not None:
         data["canceled_descendants"] = canceled
