@@ -68,10 +68,6 @@ class SharedSupervision:
         self.join()
         return old
 
-    def leave(self) -> None:
-        """A clean exit: retire our own id, so nobody waits out our lapse."""
-        self.store.retire_supervisor(self.sid)
-
     def due(self) -> float:
         """The clock time the next tick is due (every supervisor tries for the sweep lock)."""
         return min(self._next_beat, self._next_check, *([self._next_orphans] if self.sweeping else []))

@@ -111,10 +111,7 @@ class Supervisor:
                 log.info("resumed %d parked workflows: %s", len(resumed), ", ".join(resumed[:10]))
             self._loop(until)
         finally:
-            if self.shared is not None:
-                with contextlib.suppress(*UNREACHABLE):
-                    self.shared.leave()
-            self.store.unlock_supervisor()
+            self.store.unlock_supervisor()  # on a shared store, retires our id: nobody waits out our lapse
 
     def _loop(self, until: Callable[[], bool] | None) -> None:
         # Embedded in an invoke, a store that cannot be written ends the wait (exit 3);
@@ -403,8 +400,9 @@ class Supervisor:
                 os.kill(pid, sig)
 
     def _publish(self) -> None:
-        """Describe us for `runner status`; a full disk leaves the last description in place."""
-        with contextlib.suppress(OSError):
+        """Describe us for `runner status`; a full disk (or a store out of reach) leaves the last
+        description in place."""
+        with contextlib.suppress(OSError, *UNREACHABLE):
             self.store.publish_supervisor({
                 "pid": os.getpid(), "started": self.started, "workers": sorted(self.workers),
                 "id": None if self.shared is None else self.shared.sid,
