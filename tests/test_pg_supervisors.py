@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from runner.store import PromiseStore, StoreError, open_store
+from runner.store import WORK, NewPromise, PromiseStore, StoreError, open_store
 from tests.helpers import drop_pg_schema, new_pg_schema, pg_unreachable, wait_until
 from tests.netproxy import LinkProxy
 
@@ -107,3 +107,25 @@ def test_a_cut_link_ends_presence_and_the_sweep_lock_but_the_row_waits_out_its_l
         assert wait_until(lambda: answer(lambda: cut.beat_supervisor("cut")), timeout=10)
         assert cut.lock_sweeper() is False  # the other sweeps now
         assert {info["id"] for info in other.supervisors()} == {"cut", "other"}  # present again
+
+
+def test_a_watch_wakes_when_its_link_is_cut_and_listens_again_once_it_heals(
+        url: str, handles: list[PromiseStore]) -> None:
+    writer = open_store(url)
+    handles.append(writer)
+    with LinkProxy(PG_HOST) as proxy:
+        watched = open_store(proxy.url(url))
+        handles.append(watched)
+        watch = watched.watch(WORK)
+        try:
+            proxy.cut()
+            assert watch.wait(5) is True  # woken: what it missed must be read again
+            assert watch.wait(0.6) is False  # then quiet while cut, without spinning
+            proxy.heal()
+            # Listening again, it wakes once more (for what happened while it was away), then
+            # for a change committed after.
+            assert watch.wait(5) is True
+            writer.create([NewPromise("after-the-heal", "f")])
+            assert wait_until(lambda: watch.wait(0.2), timeout=5)
+        finally:
+            watch.close()

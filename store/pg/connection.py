@@ -123,7 +123,7 @@ class Database:
 
     def watch(self, topics: tuple[str, ...]) -> PgWatch:
         pid = os.getpid()
-        return PgWatch(connect(self.dsn, self.shown, self.schema, autocommit=True),
+        return PgWatch(lambda: connect(self.dsn, self.shown, self.schema, autocommit=True),
                        lambda conn: forget(conn, pid), self.schema, topics)
 
     def close(self) -> None:
