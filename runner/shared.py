@@ -92,7 +92,7 @@ class SharedSupervision:
                 return False
         if now >= self._next_check:
             self._next_check = now + CHECK
-            self.sweeping = self.store.lock_sweeper()
+            self.sweeping = self.store.lock_sweeper(self.lapse)
             if self.sweeping and self._retire_lapsed():
                 self._next_orphans = now  # give their claims back now
         if self.sweeping and now >= self._next_orphans:

@@ -86,7 +86,7 @@ class DirStore(Replica):
     def retire_supervisor(self, sid: str) -> bool:
         return False
 
-    def lock_sweeper(self) -> bool:
+    def lock_sweeper(self, lapse: float) -> bool:
         return True
 
     def supervisors(self) -> list[dict[str, Any]]:

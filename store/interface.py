@@ -44,7 +44,8 @@ class SharedSupervisors(Protocol):
     workers' claims back. Retiring is final: a retired id's beat answers False and
     never brings it back, and only one caller's retire answers True, so the claims are
     given back once. Timers, deadlines and leases are swept by the holder of the sweep
-    lock, one supervisor at a time; the lock is lost with its holder's connection.
+    lock, one supervisor at a time; the lock is lost with its holder's connection, or
+    when its holder's beat lapses.
 
     The directory store has one supervisor (lock_supervisor): it says `shared = False`
     and implements these trivially.
@@ -56,7 +57,9 @@ class SharedSupervisors(Protocol):
     def beat_supervisor(self, sid: str) -> bool: ...  # False: retired (declared dead)
     def supervisor_beats(self) -> dict[str, float]: ...  # live id -> seconds since its last beat
     def retire_supervisor(self, sid: str) -> bool: ...  # True if this call retired it
-    def lock_sweeper(self) -> bool: ...  # hold (or keep) the sweep lock; False: another holds it
+    # Hold (or keep) the sweep lock; False: another holds it. A holder whose last beat is
+    # older than `lapse` (cut off, its connection held open) loses it to the next caller.
+    def lock_sweeper(self, lapse: float) -> bool: ...
     def supervisors(self) -> list[dict[str, Any]]: ...  # every live one's publish_supervisor info
 
 

@@ -80,10 +80,10 @@ def test_beats_are_aged_on_the_servers_clock_and_a_retired_id_stays_retired(
 def test_one_sweeper_at_a_time_and_the_lock_goes_with_its_holders_connection(
         url: str, handles: list[PromiseStore]) -> None:
     a, b = supervising(handles, url, "a"), supervising(handles, url, "b")
-    assert a.lock_sweeper() is True
-    assert b.lock_sweeper() is False and a.lock_sweeper() is True  # held while a lives
+    assert a.lock_sweeper(60) is True
+    assert b.lock_sweeper(60) is False and a.lock_sweeper(60) is True  # held while a lives
     a.unlock_supervisor()  # a clean exit: retired, its locks dropped
-    assert wait_until(b.lock_sweeper, timeout=5)
+    assert wait_until(lambda: b.lock_sweeper(60), timeout=5)
     assert b.supervisor_beats().keys() == {"b"}
 
 
@@ -92,11 +92,12 @@ def test_a_cut_link_ends_presence_and_the_sweep_lock_but_the_row_waits_out_its_l
     with LinkProxy(PG_HOST) as proxy:
         cut = supervising(handles, proxy.url(url), "cut")
         other = supervising(handles, url, "other")
-        assert cut.lock_sweeper() is True and other.lock_sweeper() is False
+        assert cut.lock_sweeper(60) is True and other.lock_sweeper(60) is False
         assert {info["id"] for info in other.supervisors()} == {"cut", "other"}
 
         proxy.cut()
-        assert wait_until(other.lock_sweeper, timeout=10)  # the server ended the cut one's session
+        # The server ended the cut one's session, and its lock with it.
+        assert wait_until(lambda: other.lock_sweeper(60), timeout=10)
         assert [info["id"] for info in other.supervisors()] == ["other"]
         assert "cut" in other.supervisor_beats()  # declared dead only once its lapse has passed
         with pytest.raises(StoreError):
@@ -105,8 +106,26 @@ def test_a_cut_link_ends_presence_and_the_sweep_lock_but_the_row_waits_out_its_l
         proxy.heal()
         # Back within its lapse: it carries on.
         assert wait_until(lambda: answer(lambda: cut.beat_supervisor("cut")), timeout=10)
-        assert cut.lock_sweeper() is False  # the other sweeps now
+        assert cut.lock_sweeper(60) is False  # the other sweeps now
         assert {info["id"] for info in other.supervisors()} == {"cut", "other"}  # present again
+
+
+def test_a_blackholed_sweeper_loses_the_lock_once_its_beat_lapses(
+        url: str, handles: list[PromiseStore]) -> None:
+    lapse = 1.0
+    with LinkProxy(PG_HOST) as proxy:
+        held = supervising(handles, proxy.url(url), "held")
+        other = supervising(handles, url, "other")
+        assert held.lock_sweeper(lapse) is True
+        proxy.blackhole()  # its connection stays open: the server keeps its session, and the lock
+        blackholed_at = time.monotonic()
+        assert other.lock_sweeper(lapse) is False
+        assert wait_until(lambda: other.lock_sweeper(lapse), timeout=10)
+        assert time.monotonic() - blackholed_at >= lapse - 0.5  # not before its beat lapsed
+        assert other.retire_supervisor("held")
+        proxy.heal()
+        assert wait_until(lambda: answer(lambda: held.beat_supervisor("held") is False), timeout=10)
+        assert held.lock_sweeper(lapse) is False
 
 
 def test_a_watch_wakes_when_its_link_is_cut_and_listens_again_once_it_heals(

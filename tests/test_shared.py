@@ -76,7 +76,7 @@ class Handle:
         self._store = store
         self._sweeper = sweeper
 
-    def lock_sweeper(self) -> bool:
+    def lock_sweeper(self, lapse: float) -> bool:
         self._store._up()
         return self._sweeper
 
@@ -175,7 +175,7 @@ def test_the_directory_store_has_one_supervisor_who_sweeps_alone(tmp_path: Path)
         assert store.lock_supervisor()
         store.publish_supervisor({"pid": os.getpid()})
         store.join_supervisor("abc")
-        assert store.beat_supervisor("abc") and store.lock_sweeper()
+        assert store.beat_supervisor("abc") and store.lock_sweeper(1.0)
         assert store.supervisor_beats() == {} and store.retire_supervisor("abc") is False
         assert store.supervisors() == [{"pid": os.getpid()}]
     finally:

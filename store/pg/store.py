@@ -478,8 +478,8 @@ class PgStore:
     def retire_supervisor(self, sid: str) -> bool:
         return self._supervisors.retire(sid)
 
-    def lock_sweeper(self) -> bool:
-        return self._supervisors.lock_sweeper()
+    def lock_sweeper(self, lapse: float) -> bool:
+        return self._supervisors.lock_sweeper(lapse)
 
     def supervisors(self) -> list[dict[str, Any]]:
         return self._supervisors.every()

@@ -33,6 +33,9 @@ from .schema import lock_key
 
 CLOCK = "extract(epoch from clock_timestamp())"  # the server's time, the one clock every host shares
 SWEEP = 2  # the sweep lock: (lock_key(schema), SWEEP)
+# A granted advisory lock of two int4 keys in this database, as pg_locks shows it.
+_ADVISORY = ("l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.database = "
+             "(SELECT oid FROM pg_database WHERE datname = current_database())")
 
 
 class Supervisors:
@@ -123,14 +126,28 @@ class Supervisors:
         """Declare `sid` dead; True for the one call that did (its claims are given back once)."""
         return self._write("DELETE FROM supervisors WHERE id = %s", (sid,)) == 1
 
-    def lock_sweeper(self) -> bool:
-        """Whether we sweep: the sweep lock, kept while our connection lives."""
+    def lock_sweeper(self, lapse: float) -> bool:
+        """Whether we sweep: the sweep lock, kept while our connection lives.
+
+        A holder cut off with its connection held open (a blackholed link) keeps its session,
+        so its lock, for as long as the server does not notice; once its beat has lapsed,
+        its session is ended, and the next call takes the lock.
+        """
         self._own()
         if not self._sweeping:
             query = sql.SQL("SELECT pg_try_advisory_lock({}, %s)").format(self._sweep_key)
-            got = self._execute(query, (SWEEP,))
-            self._sweeping = bool(got.fetchone()[0])
+            self._sweeping = bool(self._execute(query, (SWEEP,)).fetchone()[0])
+            if not self._sweeping:
+                self._unseat(lapse)
         return self._sweeping
+
+    def _unseat(self, lapse: float) -> None:
+        """End the session holding the sweep lock if it is a supervisor's whose beat lapsed."""
+        query = sql.SQL(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN supervisors s ON s.backend = l.pid "
+            f"WHERE {_ADVISORY} AND l.classid::bigint = ({{}}::bigint & 4294967295) AND l.objid::bigint = %s "
+            f"AND {CLOCK} - s.beat > %s").format(self._sweep_key)
+        self._db.run(lambda tx: tx.execute(query, (SWEEP, lapse)).fetchall())
 
     def unlock(self) -> None:
         """A clean exit: retire our own id, so nobody waits out our lapse; drop our connection."""
@@ -148,9 +165,8 @@ class Supervisors:
     def every(self) -> list[dict[str, Any]]:
         """The description of every running supervisor, the latest to beat first."""
         found = self._db.run(lambda tx: tx.execute(sql.SQL(
-            "SELECT info FROM supervisors s WHERE EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = "
-            "'advisory' AND l.granted AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database "
-            "WHERE datname = current_database()) AND l.classid::bigint = ({}::bigint & 4294967295) "
+            f"SELECT info FROM supervisors s WHERE EXISTS (SELECT 1 FROM pg_locks l WHERE {_ADVISORY} "
+            "AND l.classid::bigint = ({}::bigint & 4294967295) "
             "AND l.objid::bigint = (hashtext(s.id)::bigint & 4294967295)) ORDER BY beat DESC").format(
                 self._presence_key)).fetchall())
         return [_info(row[0]) for row in found]
