@@ -24,7 +24,7 @@ from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
-from runner.store import NotFound, Promise, State, open_history, open_store
+from runner.store import NotFound, Promise, State, open_history
 from runner.store.history import History
 
 from . import settle
@@ -33,6 +33,7 @@ from .error_values import error_value, raise_error
 from .errors import NoSupervisor
 from .history import RunHistory, in_run
 from .invoke import submit
+from .location import StoreLocation, Where
 from .parked import parked_in_run
 from .registry import registry
 from .wakeups import Wakeups
@@ -45,12 +46,12 @@ class Client:
     """A store and the app modules whose functions it starts by name (found as the CLI finds them:
     `app`, else $RUNNER_APP, else `[tool.runner] app` in `cwd`'s pyproject.toml)."""
 
-    def __init__(self, store: PathLike = ".runner", app: str | Sequence[str] = (), *,
+    def __init__(self, store: Where = ".runner", app: str | Sequence[str] = (), *,
                  cwd: PathLike | None = None) -> None:
         self.apps = load_apps([app] if isinstance(app, str) else app,
                               cwd=None if cwd is None else Path(cwd))
-        self.store_dir = Path(store)
-        self.store = open_store(str(self.store_dir))
+        self.location = StoreLocation(store)
+        self.store = self.location.open()
         self.registry = registry
         self._wakeups = Wakeups(self.store)
         self._history: History | None = None
@@ -108,7 +109,7 @@ class Client:
     def history(self, root: str) -> RunHistory:
         """Every execution in the run `root` so far, read from the store's log (see RunHistory)."""
         if self._history is None:
-            self._history = open_history(str(self.store_dir))
+            self._history = open_history(self.location.history_dir())
         return RunHistory([e for e in self._history.executions() if in_run(root, e.promise_id)],
                           self.registry)
 
@@ -132,7 +133,7 @@ class Client:
         """Refuse a wait nothing can end: no supervisor serves the store, or a workflow in the
         run is parked (its replay took another path; it waits for a fix to the code)."""
         if self.store.supervisor() is None:
-            raise NoSupervisor(promise_id, str(self.store_dir))
+            raise NoSupervisor(promise_id, str(self.location))
         if (parked := parked_in_run(self.store, promise_id)) is not None:
             raise parked
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 import signal
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from runner.store import MAX_ID_BYTES, NewPromise, Promise, PromiseStore, State, check_id, settled_topic
 
 from .errors import BadInput, Interrupted
+from .location import StoreLocation
 from .parked import parked_in_run
 from .registry import Registry
 from .supervisor import Supervisor
@@ -57,7 +57,7 @@ def submit(store: PromiseStore, registry: Registry, func: str, args: list[Any],
     return promise
 
 
-def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: str, *,
+def wait(store: PromiseStore, location: StoreLocation, registry: Registry, promise_id: str, *,
          workers: int, concurrency: int, on_change: Callable[[], None] = lambda: None,
          on_settled: Callable[[Promise], None] = lambda _: None) -> Promise:
     """Block until the promise settles, supervising the store ourselves when nobody does.
@@ -92,7 +92,7 @@ def wait(store: PromiseStore, store_dir: Path, registry: Registry, promise_id: s
                 return promise
             # On a store several supervisors share, one that runs serves us: no need for our own.
             if not (store.shared and store.supervisor() is not None) and store.lock_supervisor():
-                supervisor = Supervisor(store, store_dir, registry, workers=workers,
+                supervisor = Supervisor(store, location, registry, workers=workers,
                                         concurrency=concurrency)
 
                 def done(supervisor: Supervisor = supervisor) -> bool:

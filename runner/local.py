@@ -28,9 +28,10 @@ from typing import Any
 
 import psutil
 
-from runner.store import CHANGES, Execution, History, PromiseStore, open_history, open_store
+from runner.store import CHANGES, Execution, History, PromiseStore, open_history
 
 from .errors import RunnerError, SupervisorFailed
+from .location import StoreLocation, Where
 from .owners import owner_id
 from .registry import registry
 
@@ -50,10 +51,10 @@ class CrashTestError(RunnerError, AssertionError):
 
 
 class LocalSupervisor:
-    def __init__(self, store: str | os.PathLike[str], app: str | Sequence[str] = (), *, workers: int = 2,
+    def __init__(self, store: Where, app: str | Sequence[str] = (), *, workers: int = 2,
                  concurrency: int = 8, lease: float | None = None, cwd: str | os.PathLike[str] | None = None,
                  env: Mapping[str, str] | None = None, ready_timeout: float = READY_TIMEOUT) -> None:
-        self.store_dir = Path(store)
+        self.location = StoreLocation(store)
         self.apps = [app] if isinstance(app, str) else list(app)
         self.size = workers
         self.concurrency = concurrency
@@ -77,7 +78,7 @@ class LocalSupervisor:
             raise SupervisorFailed(f"the local supervisor {self.pid} is already running")
         # It asks for the parent-death signal itself, first thing (see _DIE_WITH_US): a
         # preexec_fn would run between fork and exec, unsafe once this process has threads.
-        argv = [sys.executable, "-c", _DIE_WITH_US, str(os.getpid()), "start", "--store", str(self.store_dir),
+        argv = [sys.executable, "-c", _DIE_WITH_US, str(os.getpid()), "start", "--store", self.location.spec,
                 "--workers", str(self.size), "--concurrency", str(self.concurrency), "--log-level", "info"]
         if self.lease is not None:
             argv += ["--lease", f"{self.lease}s"]
@@ -201,7 +202,7 @@ class LocalSupervisor:
     @property
     def store(self) -> PromiseStore:
         if self._store is None:
-            self._store = open_store(str(self.store_dir))
+            self._store = self.location.open()
         return self._store
 
     def log_tail(self, lines: int = 10) -> str:
@@ -279,7 +280,7 @@ class LocalSupervisor:
 
     def _follow(self) -> History:
         if self._history is None:
-            self._history = open_history(str(self.store_dir))
+            self._history = open_history(self.location.history_dir())
         return self._history
 
 

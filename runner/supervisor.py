@@ -23,7 +23,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from runner.store import (
@@ -34,13 +33,13 @@ from runner.store import (
     StoreFull,
     StoreIOError,
     Task,
-    open_store,
 )
 from runner.store.deaths import died
 from runner.store.interface import Watchable
 from runner.store.lockholder import is_stopped
 
 from .errors import SupervisorRunning, UnknownFunction, WorkerDied
+from .location import StoreLocation
 from .owners import owner_id
 from .registry import Registry
 from .retention import Retention
@@ -61,11 +60,11 @@ STOPPED_HOLDER = 2.0  # a worker of ours stopped this long while holding the loc
 
 
 class Supervisor:
-    def __init__(self, store: PromiseStore, store_dir: Path, registry: Registry, *, workers: int = 2,
+    def __init__(self, store: PromiseStore, location: StoreLocation, registry: Registry, *, workers: int = 2,
                  concurrency: int = 8, lease: float = DEFAULT_LEASE,
                  retention: Retention | None = None, lapse: float = DEFAULT_LAPSE) -> None:
         self.store = store
-        self.store_dir = store_dir
+        self.location = location
         self.registry = registry
         self.size = workers
         self.concurrency = concurrency
@@ -94,7 +93,7 @@ class Supervisor:
     def run(self, until: Callable[[], bool] | None = None) -> None:
         """Supervise until a signal (or `until()` turns true), then drain and return."""
         if not self.store.lock_supervisor():
-            raise SupervisorRunning(f"a supervisor is already running on {self.store_dir}")
+            raise SupervisorRunning(f"a supervisor is already running on {self.location}")
         try:
             if self.shared is None:
                 # Claims left by a previous generation belong to dead or fenced
@@ -251,9 +250,9 @@ class Supervisor:
                 os.close(self._poke[0])
             self.store.close()  # its descriptors are the supervisor's; closing never unlocks
             die_with_parent(parent)
-            store = open_store(str(self.store_dir), lease=self.lease)
-            run_worker(store, self.store_dir, self.registry, concurrency=self.concurrency, lease=self.lease,
-                       poke=self._poke_fn(), owner=self._owner(os.getpid()))
+            store = self.location.open(lease=self.lease)
+            run_worker(store, self.location.files(), self.registry, concurrency=self.concurrency,
+                       lease=self.lease, poke=self._poke_fn(), owner=self._owner(os.getpid()))
             code = 0
         except StoreIOError as exc:  # a claim's write, say, outside any one task
             exit_store_failed(exc)
@@ -311,7 +310,7 @@ class Supervisor:
         reason = "the disk is full" if full else "a write or sync failed"
         if self._embedded:
             raise (StoreFull if full else StoreIOError)(
-                f"a worker could not write the store at {self.store_dir} ({reason}); the run is kept on disk")
+                f"a worker could not write the store at {self.location} ({reason}); the run is kept on disk")
         if time.monotonic() - started >= STORE_PAUSE_MAX * 2:
             self._store_failures = 0  # it had worked for a while: a new episode
         pause = min(STORE_PAUSE_MAX, STORE_PAUSE * 2 ** self._store_failures)

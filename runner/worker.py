@@ -90,10 +90,10 @@ def die_with_parent(parent: int) -> None:
 
 
 class Worker:
-    def __init__(self, store: PromiseStore, store_dir: Path, registry: Registry, *,
+    def __init__(self, store: PromiseStore, files: Path, registry: Registry, *,
                  owner: str, concurrency: int, lease: float, poke: Callable[[], None] | None = None) -> None:
         self.store = store
-        self.store_dir = store_dir
+        self.files = files  # this machine's files of the store (StoreLocation.files): the effects journal
         self.registry = registry
         self.owner = owner
         self.concurrency = concurrency
@@ -296,7 +296,7 @@ class Worker:
         (the future never completes), and a SystemExit or KeyboardInterrupt in a task is
         raised out of the event loop, ending the worker.
         """
-        info = Current(claim.id, claim.attempt, claim.promise.func, self.store_dir)
+        info = Current(claim.id, claim.attempt, claim.promise.func, self.files)
         args = claim.promise.args
         if entry.is_async:
             async def call_async() -> tuple[Any, BaseException | None]:
@@ -419,12 +419,12 @@ def _storable(state: State, value: Any) -> tuple[State, Any]:
     return state, value
 
 
-def run_worker(store: PromiseStore, store_dir: Path, registry: Registry, *, concurrency: int,
+def run_worker(store: PromiseStore, files: Path, registry: Registry, *, concurrency: int,
                lease: float, poke: Callable[[], None] | None = None, owner: str | None = None) -> None:
     """The body of a forked worker process; `owner` names it in its claims (by default its pid
     and start time; on a shared store its supervisor's id too)."""
     owner = owner_id(os.getpid()) if owner is None else owner
-    worker = Worker(store, store_dir, registry, owner=owner, concurrency=concurrency, lease=lease,
+    worker = Worker(store, files, registry, owner=owner, concurrency=concurrency, lease=lease,
                     poke=poke)
     log.debug("worker %s serving", owner)
     asyncio.run(worker.serve())

@@ -98,3 +98,13 @@ def ws(tmp_path: Path, processes: Spawn) -> Iterator[Workspace]:
     space = Workspace(work, processes)
     yield space
     space.close()
+
+
+@pytest.fixture
+def any_ws(tmp_path: Path, processes: Spawn, backend: str, store_location: str) -> Iterator[Workspace]:
+    """A workspace as `ws`, once on each store: a test using it runs on both."""
+    work = tmp_path / "work"
+    work.mkdir()
+    space = Workspace(work, processes, store_location if backend == "pg" else None)
+    yield space
+    space.close()

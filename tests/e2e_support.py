@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from examples.notify import read_outbox
-from runner.store import DirStore, Promise, open_store
+from runner.store import Promise, PromiseStore, open_store
 from tests.helpers import Spawn, run_cli, runner_cmd, wait_until
 
 APPS = ("examples.notify,examples.fan_out,examples.fanout_rpc,examples.factorial,tests.apps.e2e,"
@@ -31,15 +31,29 @@ def event(order_id: str, **delays: float) -> dict[str, Any]:
 
 @dataclass
 class Workspace:
-    """A work directory under tmp_path; the store and the outbox live inside it."""
+    """A work directory under tmp_path; the outbox lives inside it, and the store too unless
+    `url` names a PostgreSQL one."""
 
     root: Path
     spawn: Spawn
-    _store: DirStore | None = field(default=None, repr=False)
+    url: str | None = None
+    _store: PromiseStore | None = field(default=None, repr=False)
 
     @property
     def store_dir(self) -> Path:
+        """The directory store's directory (only tests of the directory store look inside)."""
+        assert self.url is None, "a PostgreSQL store has no directory"
         return self.root / "store"
+
+    def exists(self) -> bool:
+        """Whether the store was made (a test must not make it first: a PostgreSQL schema is
+        made by whoever connects, which changes nothing a test looks at)."""
+        return self.url is not None or self.store_dir.exists()
+
+    @property
+    def location(self) -> str:
+        """What `--store` is given."""
+        return self.url if self.url is not None else str(self.store_dir)
 
     @property
     def outbox(self) -> Path:
@@ -51,7 +65,7 @@ class Workspace:
     def cli(self, *args: str, env: Mapping[str, str | None] | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run one command to completion (its whole process group is reaped)."""
-        return run_cli(*args, "--store", str(self.store_dir), env=self.env(env), cwd=self.root,
+        return run_cli(*args, "--store", self.location, env=self.env(env), cwd=self.root,
                        timeout=timeout)
 
     def invoke(self, func: str, *args: Any, promise_id: str | None = None,
@@ -70,7 +84,7 @@ class Workspace:
         """A command left running, its stderr in a file: the fixture kills and reaps its group."""
         log = (self.root / f"{name}.stderr").open("w")
         try:
-            return self.spawn(runner_cmd(*args, "--store", str(self.store_dir)), env=self.env(env),
+            return self.spawn(runner_cmd(*args, "--store", self.location), env=self.env(env),
                               cwd=self.root, stdout=subprocess.PIPE, stderr=log, text=True)
         finally:
             log.close()  # the child holds its own copy
@@ -93,10 +107,10 @@ class Workspace:
         return path.read_text() if path.exists() else ""
 
     @property
-    def store(self) -> DirStore:
+    def store(self) -> PromiseStore:
         """The store, opened from the test process (created if no process has yet)."""
         if self._store is None:
-            self._store = open_store(str(self.store_dir))
+            self._store = open_store(self.location)
         return self._store
 
     def supervisor(self) -> dict[str, Any]:

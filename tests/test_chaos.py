@@ -99,7 +99,7 @@ def test_a_failpoint_firing_in_the_supervisors_own_start_up_is_that_rounds_kill(
     load_apps(["examples.notify"])
     delays = {"email": 0.3, "sms": 0.1, "slack": 0.05, "push": 0.4}
     plan = Plan("store-write", 2.0, delays, "locked.hold:1")
-    reports, summary = run_rounds(iter([plan]), workdir=tmp_path, store_dir=None, registry=registry,
+    reports, summary = run_rounds(iter([plan]), workdir=tmp_path, store=None, registry=registry,
                                   scenario=NOTIFY)
     assert reports[0].ok, reports[0].violations
     assert any("before the workers were up" in note for note in reports[0].notes), reports[0].notes

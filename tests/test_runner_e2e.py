@@ -21,16 +21,16 @@ FACTORIAL_30 = 265252859812191058636308480000000
 # -- fan-out ------------------------------------------------------------------------------
 
 
-def test_notify_wall_time_tracks_the_slowest_channel(ws: Workspace) -> None:
+def test_notify_wall_time_tracks_the_slowest_channel(any_ws: Workspace) -> None:
     """Wall time stays under 1.3x the slowest channel (serial would be 1.3 s against 1.0 s)."""
-    ws.start(workers=2)  # already running: process start-up is not part of what we measure
-    trivial, cli_trivial = timed(ws.invoke, "notify_all", event("warm", email=0, sms=0, slack=0, push=0))
+    any_ws.start(workers=2)  # already running: process start-up is not part of what we measure
+    trivial, cli_trivial = timed(any_ws.invoke, "notify_all", event("warm", email=0, sms=0, slack=0, push=0))
     result_of(trivial)
 
-    done, cli_wall = timed(ws.invoke, "notify_all", event("timed", email=0.1, sms=0.1, slack=0.1, push=1.0),
-                           promise_id="timed")
+    timed_event = event("timed", email=0.1, sms=0.1, slack=0.1, push=1.0)
+    done, cli_wall = timed(any_ws.invoke, "notify_all", timed_event, promise_id="timed")
     result = result_of(done)
-    root = ws.get("timed")
+    root = any_ws.get("timed")
     assert root.settled_at is not None
     wall = root.settled_at - root.created_at  # from the store: creation to settlement of the root
     slowest, total = result["slowest_ms"] / 1000, result["sum_ms"] / 1000
@@ -40,93 +40,93 @@ def test_notify_wall_time_tracks_the_slowest_channel(ws: Workspace) -> None:
     assert result["channels_notified"] == 4
     assert total >= 1.25, "the channels did not take their delays"
     assert wall < 1.3 * slowest, f"wall {wall:.3f} s is not near the slowest channel {slowest:.3f} s"
-    assert ws.deliveries() == {channel: 2 for channel in CHANNELS}  # the warm-up and the timed run
+    assert any_ws.deliveries() == {channel: 2 for channel in CHANNELS}  # the warm-up and the timed run
 
 
-def test_simulated_push_failure_retries_push_alone(ws: Workspace) -> None:
-    result = result_of(ws.invoke("notify_all", event("o-crash"), True, promise_id="crash"))
+def test_simulated_push_failure_retries_push_alone(any_ws: Workspace) -> None:
+    result = result_of(any_ws.invoke("notify_all", event("o-crash"), True, promise_id="crash"))
 
     assert result["channels_notified"] == 4
     assert [r["channel"] for r in result["results"]] == list(CHANNELS)
-    assert ws.deliveries() == {"email": 1, "sms": 1, "slack": 1, "push": 2}
-    pushes = [line for line in ws.sends() if line["channel"] == "push"]
+    assert any_ws.deliveries() == {"email": 1, "sms": 1, "slack": 1, "push": 2}
+    pushes = [line for line in any_ws.sends() if line["channel"] == "push"]
     assert [line["attempt"] for line in pushes] == [1, 2]
     # The idempotency key a provider would see is the promise id, the same on every attempt.
     keys = {r["channel"]: r["idempotency_key"] for r in result["results"]}
     assert keys == {channel: f"crash.{i}" for i, channel in enumerate(CHANNELS)}
-    assert all(line["promise_id"] == keys[line["channel"]] for line in ws.sends())
+    assert all(line["promise_id"] == keys[line["channel"]] for line in any_ws.sends())
 
 
-def test_invoking_one_id_twice_runs_it_once(ws: Workspace) -> None:
+def test_invoking_one_id_twice_runs_it_once(any_ws: Workspace) -> None:
     """A second invoke attaches to the run in flight; a third returns the stored result at once."""
     args = ["invoke", "notify_all", "--json", "--id", "order-7", "--arg", json.dumps(event("o-7", push=1.0))]
-    first = ws.background(*args, name="first")  # runs the embedded supervisor
-    wait_until(lambda: ws.store_dir.exists() and ws.store.get("order-7") is not None, timeout=20,
-               message=lambda: f"root never created: {ws.stderr('first')}")
-    second = result_of(ws.cli(*args))
+    first = any_ws.background(*args, name="first")  # runs the embedded supervisor
+    wait_until(lambda: any_ws.exists() and any_ws.store.get("order-7") is not None, timeout=20,
+               message=lambda: f"root never created: {any_ws.stderr('first')}")
+    second = result_of(any_ws.cli(*args))
     out, _ = first.communicate(timeout=60)
-    assert first.returncode == 0, ws.stderr("first")
-    third = result_of(ws.cli(*args))
+    assert first.returncode == 0, any_ws.stderr("first")
+    third = result_of(any_ws.cli(*args))
 
     assert json.loads(out) == second == third
-    assert ws.deliveries() == {channel: 1 for channel in CHANNELS}  # the third ran nothing again
+    assert any_ws.deliveries() == {channel: 1 for channel in CHANNELS}  # the third ran nothing again
 
 
-def test_an_existing_id_running_another_function_is_refused(ws: Workspace) -> None:
-    result_of(ws.invoke("factorial", 3, promise_id="taken"))
-    done = ws.invoke("fanout", ["email"], "hi", promise_id="taken")
+def test_an_existing_id_running_another_function_is_refused(any_ws: Workspace) -> None:
+    result_of(any_ws.invoke("factorial", 3, promise_id="taken"))
+    done = any_ws.invoke("fanout", ["email"], "hi", promise_id="taken")
     assert done.returncode == 2
     assert done.stderr.strip() == "runner: error: promise 'taken' exists and runs 'factorial', not 'fanout'"
-    assert ws.get("taken").value == 6
+    assert any_ws.get("taken").value == 6
 
 
 # -- depth and width on two workers: a waiting workflow holds no worker -------------------
 
 
-def test_factorial_30_nests_30_workflows_on_two_single_slot_workers(ws: Workspace) -> None:
+def test_factorial_30_nests_30_workflows_on_two_single_slot_workers(any_ws: Workspace) -> None:
     """Two slots in all, 30 workflows waiting on each other: only if waiting holds no slot."""
-    done = ws.invoke("factorial", 30, promise_id="fact", extra=("--workers", "2", "--concurrency", "1"))
+    done = any_ws.invoke("factorial", 30, promise_id="fact", extra=("--workers", "2", "--concurrency", "1"))
 
     assert result_of(done) == FACTORIAL_30
-    deepest = ws.get("fact" + ".0" * 29)
+    deepest = any_ws.get("fact" + ".0" * 29)
     assert (deepest.func, deepest.args, deepest.value) == ("factorial", [1], 1)
-    assert ws.store.children(deepest.id) == []
+    assert any_ws.store.children(deepest.id) == []
 
 
-def test_fan_out_of_1000_on_two_workers(ws: Workspace) -> None:
+def test_fan_out_of_1000_on_two_workers(any_ws: Workspace) -> None:
     # Default concurrency: only the root waits here, so one slot per worker would prove no
     # more, and it would make every child pay its own claim on a disk other tests share.
     items = [{"id": i, "data": f"item-{i}"} for i in range(1000)]
-    done, wall = timed(ws.invoke, "fan_out_fan_in", items, promise_id="wide", extra=("--workers", "2"),
+    done, wall = timed(any_ws.invoke, "fan_out_fan_in", items, promise_id="wide", extra=("--workers", "2"),
                        timeout=120)
 
     result = result_of(done)
-    root = ws.get("wide")
+    root = any_ws.get("wide")
     assert root.settled_at is not None
     print(f"\nfan-out of 1000: {1000 / (root.settled_at - root.created_at):.0f} children/s "
           f"({wall:.2f} s for the whole invoke)")
     assert result == [{"id": i, "output": f"Processed: item-{i} (item #{i})"} for i in range(1000)]
-    children = ws.store.children("wide")
+    children = any_ws.store.children("wide")
     assert [c.id for c in children] == [f"wide.{i}" for i in range(1000)]
     assert all(c.state == "resolved" for c in children)
 
 
-def test_fanout_dispatches_by_registered_name(ws: Workspace) -> None:
+def test_fanout_dispatches_by_registered_name(any_ws: Workspace) -> None:
     channels = ["email", "sms", "slack", "push", "webhook"]
-    result = result_of(ws.invoke("fanout", channels, "ship it", promise_id="rpc"))
+    result = result_of(any_ws.invoke("fanout", channels, "ship it", promise_id="rpc"))
 
     assert result == {"delivered": [{"channel": c, "ok": True} for c in channels]}
-    assert [(c.func, c.args[0]["channel"]) for c in ws.store.children("rpc")] == [
+    assert [(c.func, c.args[0]["channel"]) for c in any_ws.store.children("rpc")] == [
         ("send", c) for c in channels]
 
 
 # -- retries ---------------------------------------------------------------------------------
 
 
-def test_a_failing_leaf_retries_by_its_policy_and_its_siblings_run_once(ws: Workspace) -> None:
-    traces = ws.root / "traces"
+def test_a_failing_leaf_retries_by_its_policy_and_its_siblings_run_once(any_ws: Workspace) -> None:
+    traces = any_ws.root / "traces"
     traces.mkdir()
-    result = result_of(ws.invoke("retry_family", str(traces), promise_id="fam"))
+    result = result_of(any_ws.invoke("retry_family", str(traces), promise_id="fam"))
 
     def attempts(name: str) -> list[int]:
         lines = (traces / f"{name}.jsonl").read_text().splitlines()
@@ -137,7 +137,7 @@ def test_a_failing_leaf_retries_by_its_policy_and_its_siblings_run_once(ws: Work
     assert attempts("flaky") == [1, 2, 3]  # failed twice, then succeeded
     assert attempts("steady") == [1]  # its sibling ran once
     assert attempts("forbidden") == [1]  # a non-retryable error is not retried
-    error = ws.get("fam.2").value
+    error = any_ws.get("fam.2").value
     assert error["type"] == "PermissionError" and error["message"] == "the provider said no"
 
 
@@ -197,9 +197,9 @@ def test_a_damaged_record_is_exit_3_for_every_command_and_left_as_it_was(ws: Wor
     assert segment.read_bytes() == bytes(data)  # reported, never repaired into "absent"
 
 
-def test_a_run_past_its_timeout_is_rejected_with_its_pending_children(ws: Workspace) -> None:
+def test_a_run_past_its_timeout_is_rejected_with_its_pending_children(any_ws: Workspace) -> None:
     started = time.monotonic()
-    proc = ws.background("invoke", "notify_all", "--json", "--id", "late", "--timeout", "500ms",
+    proc = any_ws.background("invoke", "notify_all", "--json", "--id", "late", "--timeout", "500ms",
                          "--arg", json.dumps(event("late", push=6.0)))
     assert proc.stdout is not None
     printed = json.loads(proc.stdout.readline())
@@ -210,7 +210,7 @@ def test_a_run_past_its_timeout_is_rejected_with_its_pending_children(ws: Worksp
     # The result is shown as soon as the root settles, not after push's thread ends and
     # the embedded supervisor has drained (bounds generous for a loaded machine, well short of 6 s).
     assert printed_after < 4.5, printed_after
-    root, push, slack = ws.get("late"), ws.get("late.3"), ws.get("late.2")
+    root, push, slack = any_ws.get("late"), any_ws.get("late.3"), any_ws.get("late.2")
     assert root.state is State.REJECTED_TIMEDOUT and push.state is State.REJECTED_TIMEDOUT
     assert slack.state is State.RESOLVED  # what finished in time stays settled
     assert root.settled_at is not None and root.settled_at - root.created_at < 1.0  # at its deadline
@@ -228,13 +228,13 @@ def test_hostile_ids_are_stored_inside_the_store(ws: Workspace) -> None:
 
 
 @pytest.mark.parametrize("func", ["unstorable", "spawn_unstorable"])
-def test_a_value_that_cannot_be_stored_rejects_the_run(ws: Workspace, func: str) -> None:
+def test_a_value_that_cannot_be_stored_rejects_the_run(any_ws: Workspace, func: str) -> None:
     """A leaf returning a set, or a workflow passing one to a child: rejected, with the reason."""
-    done = ws.invoke(func, promise_id="odd")
+    done = any_ws.invoke(func, promise_id="odd")
 
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     error = json.loads(done.stdout)
     assert error["type"] == "NotSerializable"
     assert "cannot store a value of type set" in error["message"]
-    assert ws.get("odd").state == "rejected"
+    assert any_ws.get("odd").state == "rejected"

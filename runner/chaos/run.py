@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.store import CHANGES, Promise, PromiseStore, State, StoreError, Task, open_store
+from runner.store import CHANGES, Promise, PromiseStore, State, StoreError, Task
 
 from .. import effects
 from ..errors import RunnerError
 from ..invoke import submit
+from ..location import StoreLocation
 from ..owners import gone, owner_pid, owner_supervisor
 from ..registry import Registry
 from ..worker import die_with_parent
@@ -81,12 +82,12 @@ def wait_gone(pids: Sequence[int], timeout: float = 10.0) -> None:
 class Round:
     """One run of the workflow with one kill, observed from outside, then judged."""
 
-    def __init__(self, plan: Plan, number: int, store_dir: Path, workdir: Path, *,
+    def __init__(self, plan: Plan, number: int, location: StoreLocation, workdir: Path, *,
                  registry: Registry, scenario: Scenario, apps: Sequence[str] = (),
                  lapse: float = DEFAULT_LAPSE) -> None:
         self.plan = plan
         self.number = number
-        self.store_dir = store_dir
+        self.location = location
         self.workdir = workdir
         self.apps = list(apps)
         self.registry = registry
@@ -108,7 +109,7 @@ class Round:
 
     def run(self) -> Report:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._store = open_store(str(self.store_dir))
+        self._store = self.location.open()
         watch = self.store.watch(CHANGES)
         kill: Kill | None = None
         snapshot: Snapshot | None = None
@@ -137,7 +138,7 @@ class Round:
             number=self.number, plan=self.plan, root=root, children=children, args=args, t0=t0,
             kill=kill, snapshot=snapshot, seen=list(self.seen.values()), deaths=self.deaths,
             records=records, restarts=[(s.launched, s.up) for s in self.started[self.plan.supervisors:]],
-            store=str(self.store_dir), workdir=str(self.workdir), problems=self.problems, notes=self.notes,
+            store=str(self.location), workdir=str(self.workdir), problems=self.problems, notes=self.notes,
             scenario=self.scenario)
         return judge(evidence)
 
@@ -347,7 +348,7 @@ class Round:
     def _launch(self, crash_at: str | None) -> Started:
         """Start `runner start` on the store in a session of its own, and wait for its workers."""
         cmd = [sys.executable, "-m", "runner", "start", "--workers", str(self.plan.workers),
-               "--store", str(self.store_dir), "--log-level", "info", "--lapse", f"{self.lapse}s"]
+               "--store", self.location.spec, "--log-level", "info", "--lapse", f"{self.lapse}s"]
         for app in self.apps:
             cmd += ["--app", app]
         env = dict(os.environ)
@@ -398,15 +399,15 @@ class Round:
             started.proc.wait()
 
 
-def run_rounds(plan_list: Iterator[Plan], *, workdir: Path, store_dir: Path | None, registry: Registry,
+def run_rounds(plan_list: Iterator[Plan], *, workdir: Path, store: StoreLocation | None, registry: Registry,
                scenario: Scenario, apps: Sequence[str] = (), lapse: float = DEFAULT_LAPSE,
                on_report: Callable[[Report], None] = lambda _: None) -> tuple[list[Report], Summary]:
     """Run every round in turn (each in a fresh store unless one is given)."""
     reports, summary = [], Summary()
     for number, plan in enumerate(plan_list, 1):
         round_dir = workdir / f"round-{number:03d}"
-        store = store_dir if store_dir is not None else round_dir / "store"
-        report = Round(plan, number, store, round_dir, registry=registry, scenario=scenario, apps=apps,
+        where = store if store is not None else StoreLocation(round_dir / "store")
+        report = Round(plan, number, where, round_dir, registry=registry, scenario=scenario, apps=apps,
                        lapse=lapse).run()
         summary.add(report)
         reports.append(report)

@@ -98,7 +98,7 @@ def chaos_cmd(env: Env, func: str, args: tuple[str, ...], kill_after: float, tar
                                  seed=seed or 0, workers=workers, timed=scenario is NOTIFY, shared=shared)
     try:
         reports, summary = chaos.run_rounds(plan_list, workdir=workdir,
-                                            store_dir=env.store_dir if given else None, registry=registry,
+                                            store=env.store if given else None, registry=registry,
                                             scenario=scenario, apps=env.apps, lapse=lapse, on_report=progress)
     except chaos.ChaosError as exc:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -17,7 +17,6 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import click
@@ -29,12 +28,12 @@ from runner.store import (
     PromiseStore,
     StoreError,
     StoreIOError,
-    open_store,
 )
 
 from .. import logs
 from ..apps import load_apps
 from ..errors import AppError, BadInput, Interrupted, Parked, RegistryError, RunnerError
+from ..location import StoreLocation
 from ..registry import Registry, registry
 from . import jsonout, views
 
@@ -48,13 +47,13 @@ _INPUT_ERRORS = (BadInput, RegistryError, AppError, InvalidId, NotSerializable, 
 class Env:
     """What every command shares: where the store is and which app modules to load."""
 
-    store_dir: Path
+    store: StoreLocation
     apps: tuple[str, ...]
 
     def open(self, *, load: bool = True) -> tuple[PromiseStore, Registry]:
         if load:
             self.load()
-        return open_store(str(self.store_dir)), registry
+        return self.store.open(), registry
 
     def load(self) -> Registry:
         """Import the app modules, so their functions are registered by name."""
@@ -62,24 +61,25 @@ class Env:
         return registry
 
 
-def _store_path(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+def _store_location(ctx: click.Context, param: click.Parameter, value: str) -> StoreLocation:
     """An empty path would name the current directory (Path('') is '.'): never a store by accident."""
     if not value:
         raise click.BadParameter("the store path is empty", ctx=ctx, param=param)
-    return Path(value)
+    return StoreLocation(value)
 
 
 def common(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command takes, declared once."""
 
     @click.option("--store", "store_dir", envvar="RUNNER_STORE", default=".runner", show_default=True,
-                  type=click.Path(), callback=_store_path, help="Store directory (env RUNNER_STORE).")
+                  callback=_store_location,
+                  help="Store directory, or a postgresql:// URL (env RUNNER_STORE).")
     @click.option("--app", "apps", multiple=True,
                   help="Module that registers functions (repeatable; default: RUNNER_APP or pyproject).")
     @click.option("--log-level", type=click.Choice(logs.LEVELS), default="warning", show_default=True)
     @click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True)
     @functools.wraps(fn)
-    def wrapper(store_dir: Path, apps: tuple[str, ...], log_level: str, log_format: str,
+    def wrapper(store_dir: StoreLocation, apps: tuple[str, ...], log_level: str, log_format: str,
                 **kwargs: Any) -> Any:
         logs.configure(log_level, log_format)
         try:
@@ -131,8 +131,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (
 
 def open_existing(env: Env) -> PromiseStore:
     """The store, which must exist already: looking must not create one."""
-    if not env.store_dir.is_dir():
-        fail(f"no store at {env.store_dir} (set --store or RUNNER_STORE)", EXIT_STORE)
+    if not env.store.exists():
+        fail(f"no store at {env.store} (set --store or RUNNER_STORE)", EXIT_STORE)
     return env.open(load=False)[0]
 
 

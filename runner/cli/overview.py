@@ -43,7 +43,7 @@ def status(env: Env, as_json: bool) -> None:
     Example:
       runner status --store /var/lib/app/.runner
     """
-    data = gather_status(open_existing(env), env.store_dir)
+    data = gather_status(open_existing(env), env.store)
     emit(data, as_json, views.status(data))
 
 

@@ -47,11 +47,11 @@ def start(env: Env, workers: int, concurrency: int, lease: float, retain: float 
     store, reg = env.open()
     # Refuse before announcing ourselves: a second supervisor says one thing, that it cannot run.
     if not store.lock_supervisor():
-        raise SupervisorRunning(f"a supervisor is already running on {env.store_dir}")
-    click.echo(f"runner: supervisor {os.getpid()} on {env.store_dir} with {workers} workers "
+        raise SupervisorRunning(f"a supervisor is already running on {env.store}")
+    click.echo(f"runner: supervisor {os.getpid()} on {env.store} with {workers} workers "
                f"x {concurrency} (Ctrl-C drains, a second Ctrl-C kills)", err=True)
     retention = None if retain is None else Retention(retain, gc_every)
-    Supervisor(store, env.store_dir, reg, workers=workers, concurrency=concurrency, lease=lease,
+    Supervisor(store, env.store, reg, workers=workers, concurrency=concurrency, lease=lease,
                retention=retention, lapse=lapse).run()
     click.echo("runner: supervisor stopped", err=True)
 
@@ -79,7 +79,7 @@ def invoke(env: Env, func: str, args: tuple[str, ...], promise_id: str | None, w
       runner invoke notify_all --id order-42 --arg '{"order_id": "o-42"}'
     """
     values = [parse_json(text, f"--arg #{i}") for i, text in enumerate(args, 1)]
-    client = Client(env.store_dir, env.apps)
+    client = Client(env.store, env.apps)
     started = time.monotonic()
     handle = client.start(func, *values, id=promise_id, timeout=timeout)  # children inherit its deadline
     if no_wait:
@@ -94,7 +94,7 @@ def invoke(env: Env, func: str, args: tuple[str, ...], promise_id: str | None, w
             sys.stdout.flush()
 
         # Unlike a client's own wait, invoke supervises the store itself when nobody does.
-        promise = wait(client.store, env.store_dir, client.registry, handle.id, workers=workers,
+        promise = wait(client.store, env.store, client.registry, handle.id, workers=workers,
                        concurrency=concurrency, on_change=view.update, on_settled=settled)
     sys.exit(0 if promise.state is State.RESOLVED else EXIT_REJECTED)
 

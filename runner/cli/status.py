@@ -9,13 +9,13 @@ is the time left on the lease.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
 
 from runner.store import PromiseStore, Task
 
+from ..location import StoreLocation
 from ..owners import owner_pid
 from ..parked import parked_info
 
@@ -58,14 +58,14 @@ def _parked(store: PromiseStore, task: Task) -> dict[str, Any]:
     return {"id": task.id, "func": p.func if p else None, **(parked_info(task) or {})}
 
 
-def status(store: PromiseStore, store_dir: Path, *, sample: float = 0.1) -> dict[str, Any]:
+def status(store: PromiseStore, location: StoreLocation, *, sample: float = 0.1) -> dict[str, Any]:
     """Everything `runner status` shows; `sample` seconds are spent measuring CPU use."""
     info = store.supervisor()
     claims = store.claims()
     stats = store.stats()
     now = time.time()
     result: dict[str, Any] = {
-        "store": str(store_dir), "supervisor": None, "workers": [], "unowned_claims": [],
+        "store": str(location), "supervisor": None, "workers": [], "unowned_claims": [],
         "queue": {"ready": stats.ready, "claimed": stats.claimed, "waiting": stats.waiting,
                   "delayed": stats.delayed, "parked": stats.parked},
         "parked": [_parked(store, t) for t in store.parked()],
