@@ -1,25 +1,50 @@
 """Several supervisors on one PostgreSQL store.
 
 The store's side first (store/pg/supervisors.py): beats on the server's clock, a retired
-id that stays retired, one sweeper at a time whose lock goes with its connection, and
-presence that ends with the connection while the row waits out its lapse. One handle
-reaches the database through a TCP proxy the test cuts (tests/netproxy.py).
+id that stays retired, one sweeper at a time whose lock goes with its connection (or
+its lapse), and presence that ends with the connection while the row waits out its
+lapse. One handle reaches the database through a TCP proxy the test cuts or blackholes
+(tests/netproxy.py).
+
+Then real `runner start` processes: a SIGKILLed supervisor's branches run elsewhere
+within the lapse plus a second, and one cut off by a partition finishes nothing that
+was taken from it once the link comes back. Branches leave a trace line per start and
+end with their pid (tests/apps/partition.py), so the test knows who ran what, and when.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from runner.store import WORK, NewPromise, PromiseStore, StoreError, open_store
-from tests.helpers import drop_pg_schema, new_pg_schema, pg_unreachable, wait_until
+from runner.owners import owner_supervisor
+from runner.store import WORK, NewPromise, PromiseStore, State, StoreError, TaskState, open_store
+from tests.apps.partition import read_trace
+from tests.helpers import (
+    Spawn,
+    drop_pg_schema,
+    new_pg_schema,
+    pg_unreachable,
+    run_cli,
+    runner_cmd,
+    wait_until,
+)
 from tests.netproxy import LinkProxy
 
 pytestmark = pytest.mark.skipif(pg_unreachable() is not None, reason=str(pg_unreachable()))
 
 PG_HOST = ("127.0.0.1", 5432)
+LAPSE = 3.0
+APP = "tests.apps.partition"
 
 
 @pytest.fixture
@@ -148,3 +173,161 @@ def test_a_watch_wakes_when_its_link_is_cut_and_listens_again_once_it_heals(
             assert wait_until(lambda: watch.wait(0.2), timeout=5)
         finally:
             watch.close()
+
+
+# -- real supervisors ----------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """Supervisors on one store URL (or a proxy's URL to it), and the store as the test sees it."""
+
+    url: str
+    root: Path
+    spawn: Spawn
+    store: PromiseStore
+    procs: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+
+    @property
+    def trace(self) -> str:
+        return str(self.root / "trace.jsonl")
+
+    def start(self, name: str, *extra: str, url: str | None = None) -> dict[str, Any]:
+        """`runner start` with 2 workers of 2 branches each (unless `extra` says otherwise);
+        returns what it published once both workers are up."""
+        with (self.root / f"{name}.stderr").open("w") as log:
+            self.procs[name] = self.spawn(
+                runner_cmd("start", "--store", url or self.url, "--workers", "2", "--concurrency", "2",
+                           "--lapse", f"{LAPSE}s", "--log-level", "info", *extra),
+                env={"RUNNER_APP": APP}, cwd=self.root, stderr=log, text=True)
+        return wait_until(lambda: len(self.info(name).get("workers") or ()) == 2 and self.info(name),
+                          timeout=30, message=lambda: f"supervisor {name} not up: {self.log(name)}")
+
+    def info(self, name: str) -> dict[str, Any]:
+        proc = self.procs[name]
+        assert proc.poll() is None, f"supervisor {name} exited {proc.returncode}: {self.log(name)}"
+        return next((i for i in self.store.supervisors() if i.get("pid") == proc.pid), {})
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.stderr").read_text()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name} ---\n{self.log(name)[-3000:]}" for name in self.procs)
+
+    def invoke(self, root: str, n: int, seconds: float) -> None:
+        done = run_cli("invoke", "spread", "--no-wait", "--id", root, "--arg", json.dumps(self.trace),
+                       "--arg", str(n), "--arg", str(seconds), "--store", self.url,
+                       env={"RUNNER_APP": APP}, cwd=self.root)
+        assert done.returncode == 0, done.stderr
+
+    def running(self, sid: str, pids: set[int], at_least: int) -> set[str]:
+        """The naps workers of supervisor `sid` hold and have started (in one of `pids`),
+        once there are `at_least` of them; else the empty set."""
+        held = {t.id for t in self.store.claims() if owner_supervisor(t.owner) == sid and "." in t.id}
+        begun = {t["id"] for t in read_trace(self.trace) if t["event"] == "start" and t["pid"] in pids} \
+            if os.path.exists(self.trace) else set()
+        return held & begun if len(held & begun) >= at_least else set()
+
+    def claimed_elsewhere(self, ids: set[str], sid: str) -> dict[str, float]:
+        """When each of `ids` was claimed by a worker of another supervisor than `sid`."""
+        return {t.id: t.claimed_at for t in self.store.claims()
+                if t.id in ids and owner_supervisor(t.owner) not in (None, sid) and t.claimed_at is not None}
+
+    def result(self, root: str, timeout: float) -> list[dict[str, Any]]:
+        promise = wait_until(lambda: (p := self.store.get(root)) is not None and p.settled and p,
+                             timeout=timeout, message=lambda: f"{root} not settled: {self.logs()}")
+        assert promise.state is State.RESOLVED, promise.value
+        return list(promise.value)
+
+
+@pytest.fixture
+def cluster(url: str, tmp_path: Path, processes: Spawn) -> Iterator[Cluster]:
+    store = open_store(url)
+    try:
+        yield Cluster(url, tmp_path, processes, store)
+    finally:
+        store.close()
+
+
+def busy(c: Cluster, name: str, root: str, n: int, seconds: float, *extra: str,
+         url: str | None = None) -> tuple[str, set[int], set[str]]:
+    """Supervisor `name` runs naps of a fresh run of n; then "b" starts, with room to spare
+    for what it will take over. Returns name's id, its workers, and the naps it runs."""
+    info = c.start(name, *extra, url=url)
+    c.invoke(root, n, seconds)
+    workers = set(info["workers"])
+    running = wait_until(lambda: c.running(info["id"], workers, at_least=2), timeout=20,
+                         message=lambda: f"{name}'s workers run no naps: {c.logs()}")
+    c.start("b", "--concurrency", "8")
+    naps = [f"{root}.{i}" for i in range(n)]
+    ready = TaskState.READY
+    wait_until(lambda: not [t for t in map(c.store.task, naps) if t is not None and t.state is ready],
+               timeout=20, message="naps left unclaimed")
+    return info["id"], workers, running
+
+
+def test_a_killed_supervisors_branches_run_elsewhere_within_the_lapse_and_a_second(cluster: Cluster) -> None:
+    c, n = cluster, 8
+    sid, _, running = busy(c, "a", "kill", n, 3.0)
+    killed_at = time.time()
+    os.killpg(c.procs["a"].pid, signal.SIGKILL)
+    c.procs["a"].wait()
+    again: dict[str, float] = {}
+    wait_until(lambda: again.update(c.claimed_elsewhere(running, sid)) or running <= again.keys(),
+               timeout=LAPSE + 20, interval=0.02, message=lambda: f"not taken over: {running - again.keys()}")
+    after = {pid: round(t - killed_at, 3) for pid, t in again.items()}
+    assert max(after.values()) <= LAPSE + 1.0, after
+    assert [item["index"] for item in c.result("kill", timeout=30)] == list(range(n))
+
+
+@pytest.mark.parametrize("how", ["cut", "blackhole"])
+def test_a_partitioned_supervisor_finishes_nothing_that_was_taken_from_it(cluster: Cluster, how: str) -> None:
+    c, n = cluster, 8
+    with LinkProxy(PG_HOST) as proxy:
+        # No lease of a lapses before the link heals: only being declared dead takes its claims.
+        info = c.start("a", "--lease", "60s", url=proxy.url(c.url))
+        c.start("b")
+        sid, old_workers = info["id"], set(info["workers"])
+        c.invoke("part", n, 2.5)  # 4 naps each; a's end while it is cut off, their results held back
+        running = wait_until(lambda: c.running(sid, old_workers, at_least=2), timeout=20,
+                             message=lambda: f"a's workers run no naps: {c.logs()}")
+        getattr(proxy, how)()
+        cut_at = time.time()
+        wait_until(lambda: sid not in c.store.supervisor_beats(), timeout=LAPSE + 10,
+                   message=lambda: f"a was never declared dead: {c.logs()}")
+        dead_at = time.time()
+        again: dict[str, float] = {}
+        wait_until(lambda: again.update(c.claimed_elsewhere(running, sid)) or running <= again.keys(),
+                   timeout=10, interval=0.02, message=lambda: f"not taken over: {running - again.keys()}")
+        taken_at = max(again.values())
+        proxy.heal()
+        healed_at = time.time()
+        # It learns it was declared dead, kills its workers and joins again under a new id.
+        def anew() -> dict[str, Any]:
+            info = c.info("a")
+            fresh = info.get("id") not in (None, sid) and len(info["workers"]) == 2
+            return info if fresh and not set(info["workers"]) & old_workers else {}
+
+        rejoined = wait_until(anew, timeout=20, message=lambda: f"a never rejoined: {c.logs()}")
+        value = c.result("part", timeout=60)
+
+    assert [item["index"] for item in value] == list(range(n))
+    naps = {p.id: p for p in c.store.children("part")}
+    for nap_id in running:  # taken from a: its result is b's re-run, never a's late finish
+        assert naps[nap_id].value["pid"] not in old_workers, (nap_id, naps[nap_id].value)
+    for nap in naps.values():  # nothing a's old workers finished after the cut was written
+        if nap.value["pid"] in old_workers:
+            assert nap.settled_at is not None and nap.settled_at < cut_at, nap
+    assert dead_at - cut_at >= LAPSE - 1.0  # not before its lapse (its last beat came before the cut)
+    late = [t for t in read_trace(c.trace) if t["event"] == "end" and t["pid"] in old_workers
+            and t["time"] > cut_at]
+    # Blackholed, a's workers live on and finish their naps; their completions wait in the
+    # link, land once it heals, and are refused (checked above: none of their results stands).
+    assert how == "cut" or late
+    timeline = {"how": how, "cut": 0.0, "declared dead": dead_at - cut_at, "taken over": taken_at - cut_at,
+                "healed": healed_at - cut_at, "rejoined as": rejoined["id"],
+                "naps a's old workers finished after the cut": len(late),
+                "late completions refused": c.log("a").count("dropped stale work"),
+                "run settled": max(p.settled_at or 0.0 for p in naps.values()) - cut_at}
+    print("partition timeline (s from the cut):",
+          json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in timeline.items()}))
