@@ -105,7 +105,7 @@ def wait(store: PromiseStore, location: StoreLocation, registry: Registry, promi
                         supervisor.stop_now()
                     return True
 
-                supervisor.run(until=done)
+                supervisor.run(until=done, wake_on=[settled_topic(promise_id)])
                 if supervisor.stopped_by is not None:
                     raise _interrupted(store, promise_id, supervisor.stopped_by)
                 if (parked := parked_in_run(store, promise_id)) is not None:

@@ -22,7 +22,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from runner.store import (
@@ -90,8 +90,11 @@ class Supervisor:
         self.shared = SharedSupervision(store, lapse, self.after_death) if store.shared else None
         self._fenced: set[int] = set()  # workers we killed as our id was retired: no attempt spent
 
-    def run(self, until: Callable[[], bool] | None = None) -> None:
-        """Supervise until a signal (or `until()` turns true), then drain and return."""
+    def run(self, until: Callable[[], bool] | None = None, wake_on: Sequence[str] = ()) -> None:
+        """Supervise until a signal (or `until()` turns true), then drain and return.
+
+        `until` is asked again whenever a topic of `wake_on` (what it looks at) is produced.
+        """
         if not self.store.lock_supervisor():
             raise SupervisorRunning(f"a supervisor is already running on {self.location}")
         try:
@@ -108,18 +111,18 @@ class Supervisor:
             resumed = self.store.unpark(None)
             if resumed:
                 log.info("resumed %d parked workflows: %s", len(resumed), ", ".join(resumed[:10]))
-            self._loop(until)
+            self._loop(until, wake_on)
         finally:
             self.store.unlock_supervisor()  # on a shared store, retires our id: nobody waits out our lapse
 
-    def _loop(self, until: Callable[[], bool] | None) -> None:
+    def _loop(self, until: Callable[[], bool] | None, wake_on: Sequence[str]) -> None:
         # Embedded in an invoke, a store that cannot be written ends the wait (exit 3);
         # under `runner start`, it is waited out, calmly, until space returns.
         self._embedded = until is not None
         previous = self._install_signals()
         self._poke = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # Embedded, or on a shared store (the sweeper fires the timers the others' workers write).
-        watch = self.store.watch(TIMERS) if until is not None or self.shared is not None else None
+        watch = self.store.watch(TIMERS, *wake_on) if until is not None or self.shared is not None else None
         watchdog = LockWatchdog(self.store, lambda: set(self.workers))
         watchdog.start()
         try:

@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 from runner.store import (
     TIMER,
+    TIMERS,
     WORK,
     Claim,
     Completion,
@@ -113,7 +114,7 @@ class Worker:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        watch = self.store.watch(WORK)
+        watch = self.store.watch(WORK, TIMERS)  # new work, or work due later (a retry's backoff)
         loop.add_reader(watch.fileno(), self._changed, watch)
         loop.add_signal_handler(signal.SIGTERM, self.drain)
         stop = threading.Event()

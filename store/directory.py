@@ -105,6 +105,13 @@ class DirStore(Replica):
     def get(self, promise_id: str, *, now: float | None = None) -> Promise | None:
         """The promise as of `now` (timed out once overdue, swept or not)."""
         now = time.time() if now is None else now
+        self._usable()
+        with self._mutex:
+            p = self.state.promises.get(promise_id)
+            if p is not None and p.settled:
+                # Settled is final: no write anyone makes changes it, so no catching up
+                # (and no lock) is needed. A workflow's awaits of its settled children come here.
+                return p
         with self._locked():
             p = self._lookup(promise_id)
             return None if p is None else self.state.seen(p, now)
@@ -249,8 +256,13 @@ class DirStore(Replica):
                     for pid in picked]
 
     def next_due(self) -> float | None:
-        """When the earliest delayed task (a retry's backoff) becomes claimable."""
-        with self._locked():
+        """When the earliest delayed task (a retry's backoff) becomes claimable, as of this
+        handle's last call, without the store lock.
+
+        A worker asks on each idle turn, just after a claim caught up, and watches TIMERS,
+        which every delayed task written later produces: it is woken to ask again.
+        """
+        with self._mutex:  # another thread of ours may be applying a frame
             return self.state.delayed[0][0] if self.state.delayed else None
 
     def next_timer(self) -> float | None:

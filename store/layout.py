@@ -12,6 +12,8 @@ Layout::
       history/runs.db   the settled history: whole runs moved out of the live state, in an
                   SQLite database indexed by id, parent and root (archive.py), with its -wal
                   and -shm files
+      wake/       empty files whose touch wakes whoever waits on a topic (work, timers, changes,
+                  settled/00..ff: see watch.py); not data, never synced, safe to delete when idle
       log/NNNNNNNN.seg   a header frame (store id, number, `prev`: the previous segment's size
                   and last frame's checksum), then append-only frames; each frame is one
                   atomic batch of operations
@@ -37,7 +39,7 @@ FORMAT_NAME = "fanout-runner-store"
 # 2: FORMAT names the store's id; each segment and the snapshot start with a header
 # naming it and their place in the sequence; frame headers carry their own checksum.
 FORMAT_VERSION = 2
-_KNOWN = {"FORMAT", "lock", "snapshot", "log", "supervisor.lock", "compact.lock", "history"}
+_KNOWN = {"FORMAT", "lock", "snapshot", "log", "supervisor.lock", "compact.lock", "history", "wake"}
 
 
 def leftover_temp(name: str, stem: str) -> bool:

@@ -27,7 +27,8 @@ from .fsutil import io_error, open_file, read_file, sync_dir, write_temp
 from .layout import check_dir, create, leftover_temp, prepare_dir, store_id
 from .log import Log, Overtaken, piece_header
 from .state import ARCHIVE, Frozen, StoreState
-from .watch import Watch
+from .types import CHANGES
+from .watch import Wakes, Watch, wake_dir
 
 # Past this (and the last snapshot's size), the log is compacted. Small, so that opening
 # (the snapshot, then the log after it) stays well under 0.3 s; compaction holds the lock
@@ -61,7 +62,11 @@ class Replica:
         self._compact_due: Frozen | None = None
         self._compacting = threading.Lock()
         self.state = StoreState()
+        self._wake_due: set[str] = set()  # topics this process produced under the lock
+        self._wakes = Wakes(None)
         try:
+            self._wake_dir = wake_dir(self.root, self.writable)
+            self._wakes = Wakes(self._wake_dir)
             with self._log.locked():
                 found = store_id(self.root)
                 if found is None:
@@ -72,6 +77,7 @@ class Replica:
         except BaseException:
             self._log.close()  # a refused open must not leak the lock's descriptor
             self.archive.close()
+            self._wakes.close()
             raise
 
     def _first_segment(self, store: str) -> None:
@@ -177,9 +183,8 @@ class Replica:
         """Pids holding the store lock now: a stopped one freezes every process."""
         return self._log.holders()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the store lock with a state that has caught up with every process's writes."""
+    def _usable(self) -> None:
+        """Refuse a handle that crossed a fork, or met damage."""
         if os.getpid() != self._pid:
             # A handle inherited across fork shares its flock's open file
             # description with the parent, so both "hold" the lock at once and claim the same
@@ -188,11 +193,21 @@ class Replica:
                              "open a new one in this process (after fork)")
         if self._damage is not None:
             raise self._damage
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store lock with a state that has caught up with every process's writes."""
+        self._usable()
         with self._mutex:
-            with self._log.locked():
-                faults.crash_point("locked.hold")
-                self._sync()
-                yield
+            try:
+                with self._log.locked():
+                    faults.crash_point("locked.hold")
+                    self._sync()
+                    yield
+            finally:
+                # Unlocked first: whoever this wakes finds the lock free.
+                topics, self._wake_due = self._wake_due, set()
+                self._wakes.touch(topics)
             due, self._compact_due = self._compact_due, None
         if due is not None:
             self._compact_quietly(due)
@@ -213,8 +228,13 @@ class Replica:
         except codec.Undecodable as exc:
             raise NotSerializable(f"cannot store value: it would not read back ({exc})") from None
         self._log.append(payload)
-        for op in decoded:  # apply exactly what every other process will read
-            self.state.apply(op)
+        produced = self.state.produced = {CHANGES}  # what the ops make happen, for the wake-ups
+        try:
+            for op in decoded:  # apply exactly what every other process will read
+                self.state.apply(op)
+        finally:
+            self.state.produced = None
+            self._wake_due |= produced
         # Compacting rewrites the live state: wait until the log is at least as big as
         # the last snapshot, so a large one is not rewritten every megabyte.
         if self._log.offset > max(SEGMENT_BYTES, self._snapshot_bytes) and not self._compacting.locked():
@@ -331,7 +351,7 @@ class Replica:
 
     def watch(self, *topics: str) -> Watch:
         """A descriptor that turns readable when something of `topics` may have happened."""
-        return Watch(self.root / "log")
+        return Watch(self._wake_dir, topics)
 
     def close(self) -> None:
         """Close this handle's descriptors (in a forked child too: closing never unlocks)."""
@@ -341,5 +361,6 @@ class Replica:
             return
         self._closed = True
         self._log.close()
+        self._wakes.close()
         self.archive.close(inherited=os.getpid() != self._pid)
 

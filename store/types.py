@@ -19,7 +19,9 @@ TIMER_DUE = "due"
 # What a watch() waits for. A store wakes a watcher only for its topic, so an idle worker
 # sleeps through the settles of a fan-out and a waiting `invoke` wakes once, for its root.
 WORK = "work"  # a task may have become claimable: created, released, woken, unparked
-TIMERS = "timers"  # the supervisor's schedule moved: a timer, a deadline, a delayed task
+# The schedule moved: a timer, or a task delayed (a retry's backoff). Not a deadline: every
+# read sees a promise past it timed out, and the supervisor's sweep writes it.
+TIMERS = "timers"
 CHANGES = "changes"  # any change at all: for tools that follow the history (chaos, inspection)
 
 

@@ -102,7 +102,8 @@ _OPT_STR, _OPT_NUM = _optional(_STR), _optional(_NUM)
 _PROMISE_STATES = {s.value for s in State}
 _TASK_STATES = {s.value for s in TaskState}
 _STATE = _one_of("promise state", _PROMISE_STATES)
-_FINAL = _one_of("final state", {s.value for s in State if s.settled})
+_FINALS = {s.value for s in State if s.settled}
+_FINAL = _one_of("final state", _FINALS)
 _TASK_STATE = _one_of("task state", _TASK_STATES)
 _WAKES = {w.value for w in Wake}
 _WAKE = _one_of("wake condition", _WAKES)
@@ -146,17 +147,37 @@ OPS: dict[str, Op] = {
     ARCHIVE: Op((_list_of(_STR), _INT)),  # runs that are not whole are kept, so any id will do
 }
 EMPTY = StoreState()  # for the checks that look at no state (a record on its own)
+_CHECKS = {code: _record(row.fields, row.optional) for code, row in OPS.items()}
 
 
 def operation(op: Any, state: StoreState) -> None:
     """Raise Invalid unless `op` can be applied to `state` as it is now."""
     if type(op) is not list or not op:
         raise Invalid(f"an operation must be a non-empty list, got {type(op).__name__}")
-    row = OPS.get(op[0]) if type(op[0]) is str else None
-    if row is None:
+    if _plain(op, state):
+        return
+    check = _CHECKS.get(op[0]) if type(op[0]) is str else None
+    if check is None:
         raise Invalid(f"unknown operation {op[0]!r}")
-    if err := _record(row.fields, row.optional)(op[1:], state):
+    if err := check(op[1:], state):
         raise Invalid(f"operation {op[0]!r}: {err}")
+
+
+def _plain(op: list[Any], state: StoreState) -> bool:
+    """The rows of the ops every child writes (create, claim, settle) as one expression each:
+    a fan-out replays them by the thousand. False sends the op to the full check, which
+    also says what is wrong."""
+    code = op[0]
+    if code == CREATE:
+        return (len(op) >= 3 and _plain_promise(op[1]) and type(op[2]) is bool
+                and (op[1][2] != TIMER or type(op[1][5].get(TIMER_DUE)) in _NUMS))
+    if code == SETTLE:
+        return (len(op) >= 5 and type(op[1]) is str and op[1] in state.promises and type(op[2]) is str
+                and op[2] in _FINALS and type(op[4]) in _NUMS)
+    if code == CLAIM:
+        return (len(op) >= 6 and type(op[1]) is str and op[1] in state.tasks and type(op[2]) is str
+                and type(op[3]) is int and type(op[4]) in _NUMS and type(op[5]) in _NUMS)
+    return False
 
 
 def frame_ops(value: Any) -> list[Any]:

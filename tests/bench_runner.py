@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from runner.owners import owner_pid
 from runner.store import (
     CHANGES,
@@ -171,4 +173,39 @@ def timers_and_wakeups(b: Bench) -> list[Row]:
                 target="1", result=_verdict(wakeups == 1))]
 
 
-SECTIONS = [notify_overhead, fan_out_rate, kill_recovery, timers_and_wakeups]
+def fan_out_targets(b: Bench) -> list[Row]:
+    """Issue 12's fan-out targets on 2 workers: children/s at N=10,000, CPU per child across
+    the supervisor and its workers (user + sys), and N=100,000's cost per child against it."""
+    rows: list[Row] = []
+    with supervisor(2, b.tmp) as (store, _):
+        info = store.supervisor() or {}
+        processes = [psutil.Process(pid) for pid in [info["pid"], *info["workers"]]]
+        run_root(store, "warm", "fan_out_fan_in", [[{"id": i, "data": "x"} for i in range(1000)]])
+        per_child = {}
+        for n in (10_000, 100_000):
+            items = [{"id": i, "data": "x"} for i in range(n)]
+            before = _cpu(processes)
+            done = run_root(store, f"fan-{n}", "fan_out_fan_in", [items])
+            cpu = _cpu(processes) - before
+            assert done.settled_at is not None
+            seconds = done.settled_at - done.created_at
+            per_child[n] = seconds / n
+            rate = n / seconds
+            rows.append(Row(f"fan_out_fan_in N={n:,}, 2 workers: children/s", median_ms=per_child[n] * 1e3,
+                            ops=rate, target=">= 6,000/s" if n == 10_000 else "",
+                            result=_verdict(rate >= 6000) if n == 10_000 else ""))
+            rows.append(Row(f"  CPU per child, supervisor + workers, N={n:,}", median_ms=cpu / n * 1e3,
+                            target="<= 0.15 ms" if n == 10_000 else "",
+                            result=_verdict(cpu / n <= 0.15e-3) if n == 10_000 else ""))
+    ratio = per_child[100_000] / per_child[10_000]
+    rows.append(Row("cost per child N=100,000 / N=10,000, 2 workers",
+                    target=f"<= 1.1x (is {ratio:.2f}x)", result=_verdict(ratio <= 1.1)))
+    return rows
+
+
+def _cpu(processes: list[psutil.Process]) -> float:
+    """Seconds of CPU (user + system) the processes have used so far."""
+    return sum(t.user + t.system for t in (p.cpu_times() for p in processes))
+
+
+SECTIONS = [notify_overhead, fan_out_rate, kill_recovery, timers_and_wakeups, fan_out_targets]

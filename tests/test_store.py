@@ -648,7 +648,7 @@ def test_hostile_ids_are_stored_exactly_and_inside_the_store(tmp_path: Path,
     tree = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert [t for t in tree if not t.startswith("deep/store/")] == ["cwd", "deep", "deep/store"]
     inside = {t.removeprefix("deep/store/") for t in tree if t.startswith("deep/store/")}
-    assert inside == {"FORMAT", "lock", "log", "log/00000001.seg"}
+    assert inside == {"FORMAT", "lock", "log", "log/00000001.seg", "wake", "wake/settled", "wake/created"}
 
 
 BAD_IDS = ["", "x" * (MAX_ID_BYTES + 1), "\u00e9" * (MAX_ID_BYTES // 2 + 1), "\ud800", "a\udfffb",
