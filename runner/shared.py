@@ -54,6 +54,7 @@ class SharedSupervision:
         self.sweeping = False
         self._next_beat = self._next_check = self._next_orphans = -1.0
         self._unreachable_since: float | None = None
+        self._dead_owners: set[str] = set()  # workers of supervisors we retired, not given back yet
 
     def owner(self, pid: int) -> str:
         return owner_id(pid, self.sid)
@@ -100,13 +101,22 @@ class SharedSupervision:
             self._release_orphans()
         return True
 
-    def _retire_lapsed(self) -> list[str]:
-        """Declare dead each supervisor whose last beat is older than the lapse."""
-        retired = [sid for sid, age in self.store.supervisor_beats().items()
-                   if sid != self.sid and age > self.lapse and self.store.retire_supervisor(sid)]
-        for sid in retired:
-            log.warning("supervisor %s missed its heartbeats for %.1f s: declared dead, its claims "
-                        "are given back", sid, self.lapse)
+    def _retire_lapsed(self) -> bool:
+        """Declare dead each supervisor whose last beat is older than the lapse; whether any was.
+
+        Its workers (as it last described them) are given back too, claims or none: the
+        workflows they kept in memory lose their affinity, rather than wait out its grace.
+        """
+        retired = False
+        for sid, age in self.store.supervisor_beats().items():
+            if sid == self.sid or age <= self.lapse:
+                continue
+            info = self.store.retire_supervisor(sid)
+            if info is not None:
+                retired = True
+                self._dead_owners.update(str(owner) for owner in (info.get("owners") or {}).values())
+                log.warning("supervisor %s missed its heartbeats for %.1f s: declared dead, its claims "
+                            "are given back", sid, self.lapse)
         return retired
 
     def _release_orphans(self) -> int:
@@ -118,11 +128,12 @@ class SharedSupervision:
         """
         claims = self.store.claims()
         live = set(self.store.supervisor_beats()) | {self.sid}
-        orphans = sorted({t.owner for t in claims if t.owner and owner_supervisor(t.owner) not in live})
+        orphans = {t.owner for t in claims if t.owner and owner_supervisor(t.owner) not in live}
         released = 0
-        for owner in orphans:
+        for owner in sorted(orphans | self._dead_owners):
             how = f"its supervisor {owner_supervisor(owner) or '(none)'} was declared dead"
             released += len(self.store.release_owner(owner, how=how, decide=self.decide))
+            self._dead_owners.discard(owner)
         if released:
             log.info("gave back %d claims of %d workers of dead supervisors", released, len(orphans))
         return released

@@ -83,8 +83,8 @@ class DirStore(Replica):
     def supervisor_beats(self) -> dict[str, float]:
         return {}
 
-    def retire_supervisor(self, sid: str) -> bool:
-        return False
+    def retire_supervisor(self, sid: str) -> dict[str, Any] | None:
+        return None
 
     def lock_sweeper(self, lapse: float) -> bool:
         return True

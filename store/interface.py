@@ -56,7 +56,8 @@ class SharedSupervisors(Protocol):
     def join_supervisor(self, sid: str) -> None: ...  # a new id, beating from now
     def beat_supervisor(self, sid: str) -> bool: ...  # False: retired (declared dead)
     def supervisor_beats(self) -> dict[str, float]: ...  # live id -> seconds since its last beat
-    def retire_supervisor(self, sid: str) -> bool: ...  # True if this call retired it
+    # Its last description if this call retired it (only one call does); else None.
+    def retire_supervisor(self, sid: str) -> dict[str, Any] | None: ...
     # Hold (or keep) the sweep lock; False: another holds it. A holder whose last beat is
     # older than `lapse` (cut off, its connection held open) loses it to the next caller.
     def lock_sweeper(self, lapse: float) -> bool: ...

@@ -91,8 +91,8 @@ def test_beats_are_aged_on_the_servers_clock_and_a_retired_id_stays_retired(
     ages = b.supervisor_beats()
     assert ages["a"] < ages["b"] and ages["b"] >= 0.3
 
-    assert b.retire_supervisor("a") is True
-    assert b.retire_supervisor("a") is False  # only one retire gives its claims back
+    assert b.retire_supervisor("a") == {"id": "a"}  # its last description
+    assert b.retire_supervisor("a") is None  # only one retire gives its claims back
     assert a.beat_supervisor("a") is False  # its beat does not bring it back
     a.publish_supervisor({"id": "a", "late": True})  # nor does its description
     assert b.supervisor_beats().keys() == {"b"}
@@ -147,7 +147,7 @@ def test_a_blackholed_sweeper_loses_the_lock_once_its_beat_lapses(
         assert other.lock_sweeper(lapse) is False
         assert wait_until(lambda: other.lock_sweeper(lapse), timeout=10)
         assert time.monotonic() - blackholed_at >= lapse - 0.5  # not before its beat lapsed
-        assert other.retire_supervisor("held")
+        assert other.retire_supervisor("held") is not None
         proxy.heal()
         assert wait_until(lambda: answer(lambda: held.beat_supervisor("held") is False), timeout=10)
         assert held.lock_sweeper(lapse) is False

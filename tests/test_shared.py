@@ -30,6 +30,7 @@ class FakeShared:
         self.beats: dict[str, float] = {}
         self.owned: dict[str, str] = {}  # promise id -> owner
         self.released: list[tuple[str, str | None]] = []  # (owner, how)
+        self.infos: dict[str, dict[str, Any]] = {}  # what each supervisor last published
         self.down = False
 
     def _up(self) -> None:
@@ -51,9 +52,9 @@ class FakeShared:
         self._up()
         return {sid: self.now - beat for sid, beat in self.beats.items()}
 
-    def retire_supervisor(self, sid: str) -> bool:
+    def retire_supervisor(self, sid: str) -> dict[str, Any] | None:
         self._up()
-        return self.beats.pop(sid, None) is not None
+        return self.infos.get(sid, {"id": sid}) if self.beats.pop(sid, None) is not None else None
 
     def claims(self) -> list[Task]:
         self._up()
@@ -124,6 +125,15 @@ def test_a_lapsed_supervisors_claims_go_back_once_and_the_live_ones_keep_theirs(
     assert len(store.released) == 1  # once
 
 
+def test_a_dead_supervisors_workers_are_given_back_even_holding_no_claim() -> None:
+    store = FakeShared()
+    sweeper, quiet = supervision(store, sweeper=True), supervision(store)
+    idle = quiet.owner(os.getpid())  # it may keep a waiting workflow in memory (affinity)
+    store.infos[quiet.sid] = {"id": quiet.sid, "owners": {str(os.getpid()): idle}}
+    advance(store, LAPSE + 0.5, sweeper)
+    assert [owner for owner, _ in store.released] == [idle]
+
+
 def test_only_the_sweeper_declares_the_dead() -> None:
     store = FakeShared()
     other, quiet = supervision(store), supervision(store)
@@ -176,7 +186,7 @@ def test_the_directory_store_has_one_supervisor_who_sweeps_alone(tmp_path: Path)
         store.publish_supervisor({"pid": os.getpid()})
         store.join_supervisor("abc")
         assert store.beat_supervisor("abc") and store.lock_sweeper(1.0)
-        assert store.supervisor_beats() == {} and store.retire_supervisor("abc") is False
+        assert store.supervisor_beats() == {} and store.retire_supervisor("abc") is None
         assert store.supervisors() == [{"pid": os.getpid()}]
     finally:
         store.unlock_supervisor()

@@ -475,7 +475,7 @@ class PgStore:
     def supervisor_beats(self) -> dict[str, float]:
         return self._supervisors.beats()
 
-    def retire_supervisor(self, sid: str) -> bool:
+    def retire_supervisor(self, sid: str) -> dict[str, Any] | None:
         return self._supervisors.retire(sid)
 
     def lock_sweeper(self, lapse: float) -> bool:

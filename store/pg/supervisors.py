@@ -122,9 +122,12 @@ class Supervisors:
         found = self._db.run(lambda tx: tx.execute(f"SELECT id, {CLOCK} - beat FROM supervisors").fetchall())
         return {sid: float(age) for sid, age in found}
 
-    def retire(self, sid: str) -> bool:
-        """Declare `sid` dead; True for the one call that did (its claims are given back once)."""
-        return self._write("DELETE FROM supervisors WHERE id = %s", (sid,)) == 1
+    def retire(self, sid: str) -> dict[str, Any] | None:
+        """Declare `sid` dead; its last description for the one call that did (so its claims
+        are given back once), else None."""
+        row = self._db.run(lambda tx: tx.execute("DELETE FROM supervisors WHERE id = %s RETURNING info",
+                                                 (sid,)).fetchone())
+        return None if row is None else _info(row[0])
 
     def lock_sweeper(self, lapse: float) -> bool:
         """Whether we sweep: the sweep lock, kept while our connection lives.
