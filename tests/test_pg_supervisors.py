@@ -331,3 +331,13 @@ def test_a_partitioned_supervisor_finishes_nothing_that_was_taken_from_it(cluste
                 "run settled": max(p.settled_at or 0.0 for p in naps.values()) - cut_at}
     print("partition timeline (s from the cut):",
           json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in timeline.items()}))
+
+
+def test_chaos_kills_one_of_two_supervisors_and_the_other_takes_over(url: str, tmp_path: Path) -> None:
+    done = run_cli("chaos", "--store", url, "--target", "one-of-two", "--kill-after", "1s", "--json",
+                   env={"RUNNER_APP": "examples.notify"}, cwd=tmp_path, timeout=120)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["ok"], report["violations"]
+    assert report["kill"]["group"] and report["plan"]["target"] == "one-of-two"
+    assert any(b["at_kill"] == "in flight" and b["verdict"] == "ok, ran again" for b in report["branches"])
+    assert any(note.startswith("the other supervisor took over") for note in report["notes"]), report["notes"]
