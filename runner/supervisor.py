@@ -20,6 +20,7 @@ import math
 import os
 import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -407,7 +408,7 @@ class Supervisor:
         with contextlib.suppress(OSError, *UNREACHABLE):
             self.store.publish_supervisor({
                 "pid": os.getpid(), "started": self.started, "workers": sorted(self.workers),
-                "id": None if self.shared is None else self.shared.sid,
+                "id": None if self.shared is None else self.shared.sid, "host": socket.gethostname(),
                 "owners": {str(pid): owner for pid, (owner, _) in self.workers.items()},
                 "concurrency": self.concurrency,
             })

@@ -269,6 +269,10 @@ def busy(c: Cluster, name: str, root: str, n: int, seconds: float, *extra: str,
 def test_a_killed_supervisors_branches_run_elsewhere_within_the_lapse_and_a_second(cluster: Cluster) -> None:
     c, n = cluster, 8
     sid, _, running = busy(c, "a", "kill", n, 3.0)
+    shown = run_cli("status", "--json", "--store", c.url, cwd=c.root)
+    status = json.loads(shown.stdout)  # both supervisors, each worker alive, every claim someone's
+    assert {p["id"] for p in status["supervisors"]} == {sid, c.info("b")["id"]}, status["supervisors"]
+    assert status["unowned_claims"] == [] and all(w["alive"] for w in status["workers"]), status
     killed_at = time.time()
     os.killpg(c.procs["a"].pid, signal.SIGKILL)
     c.procs["a"].wait()
