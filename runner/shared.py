@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Callable
+from typing import Any
+
+import psutil
 
 from runner.store import PromiseStore, StoreIOError, StoreUnavailable
 from runner.store.deaths import Decide
@@ -33,6 +37,19 @@ MIN_LAPSE = 1.0  # shorter lapses would declare busy (not dead) supervisors dead
 BEATS_PER_LAPSE = 4  # so one late beat (a loaded machine) is not a death
 CHECK = 0.25  # seconds between the sweeper's looks at the beats: a death is seen within lapse + CHECK
 UNREACHABLE = (StoreUnavailable, StoreIOError)  # the link to the store is down: retried at the next tick
+
+
+def died_here(info: dict[str, Any]) -> bool:
+    """Whether a supervisor that described itself so ran on this host and its process is gone
+    (its pid free, or taken by a process that started after it)."""
+    pid, started = info.get("pid"), info.get("started")
+    if info.get("host") != socket.gethostname() or not isinstance(pid, int) or not isinstance(started, float):
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() == psutil.STATUS_ZOMBIE or proc.create_time() > started + 1.0
+    except psutil.NoSuchProcess:
+        return True
 
 
 def new_sid() -> str:
@@ -102,21 +119,24 @@ class SharedSupervision:
         return True
 
     def _retire_lapsed(self) -> bool:
-        """Declare dead each supervisor whose last beat is older than the lapse; whether any was.
+        """Declare dead each supervisor whose last beat is older than the lapse, or that died
+        on this host (its connection gone, its process too: seen, not guessed); whether any was.
 
         Its workers (as it last described them) are given back too, claims or none: the
         workflows they kept in memory lose their affinity, rather than wait out its grace.
         """
+        dead = {sid: f"missed its heartbeats for {self.lapse:.1f} s" for sid, age in
+                self.store.supervisor_beats().items() if sid != self.sid and age > self.lapse}
+        dead.update({str(info["id"]): f"died (pid {info.get('pid')} is gone)"
+                     for info in self.store.lost_supervisors() if info.get("id") not in (None, self.sid)
+                     and died_here(info)})
         retired = False
-        for sid, age in self.store.supervisor_beats().items():
-            if sid == self.sid or age <= self.lapse:
-                continue
+        for sid, why in dead.items():
             info = self.store.retire_supervisor(sid)
             if info is not None:
                 retired = True
                 self._dead_owners.update(str(owner) for owner in (info.get("owners") or {}).values())
-                log.warning("supervisor %s missed its heartbeats for %.1f s: declared dead, its claims "
-                            "are given back", sid, self.lapse)
+                log.warning("supervisor %s %s: declared dead, its claims are given back", sid, why)
         return retired
 
     def _release_orphans(self) -> int:

@@ -93,6 +93,9 @@ class DirStore(Replica):
         info = self.supervisor()
         return [] if info is None else [info]
 
+    def lost_supervisors(self) -> list[dict[str, Any]]:
+        return []
+
     # -- promises -----------------------------------------------------------------
 
     def create(self, promises: Sequence[NewPromise], now: float | None = None) -> list[Promise]:

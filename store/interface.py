@@ -45,7 +45,9 @@ class SharedSupervisors(Protocol):
     never brings it back, and only one caller's retire answers True, so the claims are
     given back once. Timers, deadlines and leases are swept by the holder of the sweep
     lock, one supervisor at a time; the lock is lost with its holder's connection, or
-    when its holder's beat lapses.
+    when its holder's beat lapses. A supervisor whose connection is gone is not dead for
+    that (a partition may heal): only its lapse, or its pid found gone on its own host,
+    declares it dead.
 
     The directory store has one supervisor (lock_supervisor): it says `shared = False`
     and implements these trivially.
@@ -62,6 +64,8 @@ class SharedSupervisors(Protocol):
     # older than `lapse` (cut off, its connection held open) loses it to the next caller.
     def lock_sweeper(self, lapse: float) -> bool: ...
     def supervisors(self) -> list[dict[str, Any]]: ...  # every live one's publish_supervisor info
+    # Those not retired whose own connection is gone (dead, or cut off), as they last said.
+    def lost_supervisors(self) -> list[dict[str, Any]]: ...
 
 
 class PromiseStore(SharedSupervisors, Protocol):

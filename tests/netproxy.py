@@ -126,6 +126,7 @@ class LinkProxy:
                 dst.sendall(data)
         except OSError:
             pass
+        self._flowing.wait()  # an end blackholed is held too: the other side learns of it at the heal
         with self._lock:
             self._open -= {src, dst}
         _close(src)

@@ -124,6 +124,7 @@ def test_a_cut_link_ends_presence_and_the_sweep_lock_but_the_row_waits_out_its_l
         # The server ended the cut one's session, and its lock with it.
         assert wait_until(lambda: other.lock_sweeper(60), timeout=10)
         assert [info["id"] for info in other.supervisors()] == ["other"]
+        assert [info["id"] for info in other.lost_supervisors()] == ["cut"]  # gone, or only cut off:
         assert "cut" in other.supervisor_beats()  # declared dead only once its lapse has passed
         with pytest.raises(StoreError):
             cut.beat_supervisor("cut")
@@ -133,6 +134,7 @@ def test_a_cut_link_ends_presence_and_the_sweep_lock_but_the_row_waits_out_its_l
         assert wait_until(lambda: answer(lambda: cut.beat_supervisor("cut")), timeout=10)
         assert cut.lock_sweeper(60) is False  # the other sweeps now
         assert {info["id"] for info in other.supervisors()} == {"cut", "other"}  # present again
+        assert other.lost_supervisors() == []
 
 
 def test_a_blackholed_sweeper_loses_the_lock_once_its_beat_lapses(
@@ -266,21 +268,31 @@ def busy(c: Cluster, name: str, root: str, n: int, seconds: float, *extra: str,
     return info["id"], workers, running
 
 
-def test_a_killed_supervisors_branches_run_elsewhere_within_the_lapse_and_a_second(cluster: Cluster) -> None:
+@pytest.mark.parametrize("lost", [False, True], ids=["seen", "host-lost"])
+def test_a_killed_supervisors_branches_run_elsewhere_within_the_lapse_and_a_second(
+        cluster: Cluster, lost: bool) -> None:
+    """Seen: its sessions end with it, and its process is gone from this host: taken over at
+    once. Host lost: its link blackholed first, so the server keeps its sessions, as for a
+    host that vanished: taken over once its beat lapses."""
     c, n = cluster, 8
-    sid, _, running = busy(c, "a", "kill", n, 3.0)
-    shown = run_cli("status", "--json", "--store", c.url, cwd=c.root)
-    status = json.loads(shown.stdout)  # both supervisors, each worker alive, every claim someone's
-    assert {p["id"] for p in status["supervisors"]} == {sid, c.info("b")["id"]}, status["supervisors"]
-    assert status["unowned_claims"] == [] and all(w["alive"] for w in status["workers"]), status
-    killed_at = time.time()
-    os.killpg(c.procs["a"].pid, signal.SIGKILL)
-    c.procs["a"].wait()
-    again: dict[str, float] = {}
-    wait_until(lambda: again.update(c.claimed_elsewhere(running, sid)) or running <= again.keys(),
-               timeout=LAPSE + 20, interval=0.02, message=lambda: f"not taken over: {running - again.keys()}")
-    after = {pid: round(t - killed_at, 3) for pid, t in again.items()}
-    assert max(after.values()) <= LAPSE + 1.0, after
+    with LinkProxy(PG_HOST) as proxy:
+        sid, _, running = busy(c, "a", "kill", n, 3.0, url=proxy.url(c.url))
+        status = json.loads(run_cli("status", "--json", "--store", c.url, cwd=c.root).stdout)
+        # Both supervisors, every worker alive, every claim someone's.
+        assert {p["id"] for p in status["supervisors"]} == {sid, c.info("b")["id"]}, status["supervisors"]
+        assert status["unowned_claims"] == [] and all(w["alive"] for w in status["workers"]), status
+        if lost:
+            proxy.blackhole()
+        killed_at = time.time()
+        os.killpg(c.procs["a"].pid, signal.SIGKILL)
+        c.procs["a"].wait()
+        again: dict[str, float] = {}
+        wait_until(lambda: again.update(c.claimed_elsewhere(running, sid)) or running <= again.keys(),
+                   timeout=LAPSE + 20, interval=0.02, message=lambda: f"not taken: {running - again.keys()}")
+    after = max(again.values()) - killed_at
+    assert after <= LAPSE + 1.0, again
+    if lost:
+        assert after >= LAPSE - 1.0  # not before its lapse (its last beat came before the kill)
     assert [item["index"] for item in c.result("kill", timeout=30)] == list(range(n))
 
 

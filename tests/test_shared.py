@@ -8,6 +8,10 @@ real supervisors, SIGKILL and a cut network link.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,13 @@ from runner.shared import BEATS_PER_LAPSE, SharedSupervision
 from runner.store import DirStore, StoreUnavailable, Task, TaskState
 
 LAPSE = 4.0
+
+
+def psutil_gone_pid() -> int:
+    """The pid of a process that ran and was reaped (too recent to be anyone's yet)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 class FakeShared:
@@ -31,6 +42,7 @@ class FakeShared:
         self.owned: dict[str, str] = {}  # promise id -> owner
         self.released: list[tuple[str, str | None]] = []  # (owner, how)
         self.infos: dict[str, dict[str, Any]] = {}  # what each supervisor last published
+        self.lost: set[str] = set()  # ids whose connection is gone
         self.down = False
 
     def _up(self) -> None:
@@ -51,6 +63,10 @@ class FakeShared:
     def supervisor_beats(self) -> dict[str, float]:
         self._up()
         return {sid: self.now - beat for sid, beat in self.beats.items()}
+
+    def lost_supervisors(self) -> list[dict[str, Any]]:
+        self._up()
+        return [self.infos[sid] for sid in sorted(self.lost) if sid in self.beats]
 
     def retire_supervisor(self, sid: str) -> dict[str, Any] | None:
         self._up()
@@ -132,6 +148,22 @@ def test_a_dead_supervisors_workers_are_given_back_even_holding_no_claim() -> No
     store.infos[quiet.sid] = {"id": quiet.sid, "owners": {str(os.getpid()): idle}}
     advance(store, LAPSE + 0.5, sweeper)
     assert [owner for owner, _ in store.released] == [idle]
+
+
+def test_one_seen_dead_on_this_host_is_retired_at_once_one_cut_off_waits_out_its_lapse() -> None:
+    store = FakeShared()
+    sweeper = supervision(store, sweeper=True)
+    gone_pid = psutil_gone_pid()
+    here = socket.gethostname()
+    peers = [("dead", gone_pid, here), ("alive", os.getpid(), here), ("elsewhere", gone_pid, "other")]
+    for sid, pid, host in peers:
+        store.beats[sid] = store.now
+        store.infos[sid] = {"id": sid, "pid": pid, "host": host, "started": time.time()}
+        store.lost.add(sid)
+    advance(store, 0.5, sweeper)
+    assert set(store.beats) == {sweeper.sid, "alive", "elsewhere"}  # seen dead, not guessed
+    advance(store, LAPSE, sweeper)
+    assert set(store.beats) == {sweeper.sid}  # the others waited out their lapse
 
 
 def test_only_the_sweeper_declares_the_dead() -> None:

@@ -484,6 +484,9 @@ class PgStore:
     def supervisors(self) -> list[dict[str, Any]]:
         return self._supervisors.every()
 
+    def lost_supervisors(self) -> list[dict[str, Any]]:
+        return self._supervisors.lost()
+
     def lock_holders(self) -> list[int]:
         """No process holds a lock on the whole store: rows are locked, for a transaction."""
         return []

@@ -167,12 +167,19 @@ class Supervisors:
 
     def every(self) -> list[dict[str, Any]]:
         """The description of every running supervisor, the latest to beat first."""
-        found = self._db.run(lambda tx: tx.execute(sql.SQL(
-            f"SELECT info FROM supervisors s WHERE EXISTS (SELECT 1 FROM pg_locks l WHERE {_ADVISORY} "
-            "AND l.classid::bigint = ({}::bigint & 4294967295) "
+        return self._described(present=True)
+
+    def lost(self) -> list[dict[str, Any]]:
+        """The description of every supervisor not retired whose presence nobody holds."""
+        return self._described(present=False)
+
+    def _described(self, *, present: bool) -> list[dict[str, Any]]:
+        query = sql.SQL(
+            "SELECT info FROM supervisors s WHERE {} EXISTS (SELECT 1 FROM pg_locks l WHERE " + _ADVISORY +
+            " AND l.classid::bigint = ({}::bigint & 4294967295) "
             "AND l.objid::bigint = (hashtext(s.id)::bigint & 4294967295)) ORDER BY beat DESC").format(
-                self._presence_key)).fetchall())
-        return [_info(row[0]) for row in found]
+                sql.SQL("" if present else "NOT"), self._presence_key)
+        return [_info(row[0]) for row in self._db.run(lambda tx: tx.execute(query).fetchall())]
 
     def describe(self) -> dict[str, Any] | None:
         """The running supervisor's description (the latest to beat, when several run), or None."""
