@@ -4,8 +4,10 @@ On a store that says `shared` (a database, reached from several hosts or by seve
 `runner start` on one URL), each supervisor joins under a fresh id that its workers'
 owner ids carry, and beats every quarter of the lapse. The holder of the store's
 sweep lock, one supervisor at a time, fires timers, times out deadlines, expires
-leases, and declares dead every supervisor whose last beat is older than the lapse:
-it retires that id and gives back the claims of its workers, as after any death.
+leases, and declares dead every supervisor whose last beat is older than the lapse
+(or, on its own host, one whose connection and process are both gone: a death seen
+needs no waiting): it retires that id and gives back the claims of its workers, as
+after any death.
 
 A supervisor cut off for longer than the lapse (a partition) comes back retired. Its
 beat says so and never revives it; it kills its workers, whose late results the claim
@@ -79,6 +81,8 @@ class SharedSupervision:
     def join(self) -> None:
         self.store.join_supervisor(self.sid)
         self._next_beat = self.clock() + self.lapse / BEATS_PER_LAPSE
+        log.info("joined the store's supervisors as %s (declared dead after %.1f s without a beat)",
+                 self.sid, self.lapse)
 
     def rejoin(self) -> str:
         """Join again under a new id (the old one was retired); returns the old one."""
@@ -150,12 +154,13 @@ class SharedSupervision:
         live = set(self.store.supervisor_beats()) | {self.sid}
         orphans = {t.owner for t in claims if t.owner and owner_supervisor(t.owner) not in live}
         released = 0
-        for owner in sorted(orphans | self._dead_owners):
+        owners = sorted(orphans | self._dead_owners)
+        for owner in owners:
             how = f"its supervisor {owner_supervisor(owner) or '(none)'} was declared dead"
             released += len(self.store.release_owner(owner, how=how, decide=self.decide))
             self._dead_owners.discard(owner)
         if released:
-            log.info("gave back %d claims of %d workers of dead supervisors", released, len(orphans))
+            log.info("gave back %d claims of %d workers of dead supervisors", released, len(owners))
         return released
 
     def _unreachable(self, exc: BaseException) -> None:
