@@ -106,7 +106,7 @@ class Supervisor:
                                                     decide=self.after_death)
                 if released:
                     log.info("took back %d claims of the previous supervisor", len(released))
-            else:  # the others' claims are theirs: those of the dead go back once they lapse
+            else:  # the others' claims are theirs: those of the dead go back when seen or lapsed
                 self.shared.join()
             # The code may have been fixed since they were parked: let each replay again.
             resumed = self.store.unpark(None)
