@@ -1,7 +1,7 @@
 """One connection to the store's database, safe to share between threads and forks.
 
 Every call runs in one transaction (committed, so durable, before it returns: the
-server's synchronous commit flushes the WAL). A deadlock between two processes
+server's synchronous commit flushes the WAL), in pipeline mode. A deadlock between two processes
 aborts one transaction, which then runs again from the start: its body only
 reads and writes through the transaction it is given.
 """
@@ -106,6 +106,8 @@ class Database:
             for attempt in range(_RETRIES):
                 tx = Tx(self._conn, self.schema)
                 try:
+                    # Pipelined: a statement whose result is not read yet goes out with the
+                    # next one read, or with the commit: fewer round trips per call.
                     with self._conn.transaction():
                         result = body(tx)
                         tx.send()

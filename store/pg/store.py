@@ -25,11 +25,28 @@ from .url import redact, split
 DEFAULT_LEASE = 30.0  # seconds, as the directory store's
 AFFINITY_GRACE = 1.0  # seconds a woken workflow waits for the worker that has it in memory
 
-_CANDIDATES = ("SELECT id FROM tasks WHERE state = 'ready' AND not_before <= %(now)s "
-               "AND (deadline IS NULL OR deadline > %(now)s) AND {} LIMIT %(n)s FOR UPDATE SKIP LOCKED")
-_MINE = _CANDIDATES.format("affinity = %(owner)s ORDER BY id")
-_OTHERS = _CANDIDATES.format("(affinity IS NULL OR (affinity <> %(owner)s AND "
-                             "ready_since + %(grace)s <= %(now)s)) ORDER BY front DESC, queued")
+_CANDIDATES = ("SELECT id, front, queued FROM tasks WHERE state = 'ready' "
+               "AND not_before <= %(now)s AND (deadline IS NULL OR deadline > %(now)s) AND {which} "
+               "ORDER BY {order} LIMIT %(n)s FOR UPDATE SKIP LOCKED")
+# One statement: the owner's own woken workflows first, then the queue's (given back after a
+# death at its front), none overdue; each claimed with a fresh counter; their promises.
+_CLAIM = f"""
+WITH mine AS ({_CANDIDATES.format(which="affinity = %(owner)s", order="id")}),
+others AS ({_CANDIDATES.format(which="(affinity IS NULL OR (affinity <> %(owner)s AND "
+                                     "ready_since + %(grace)s <= %(now)s))",
+                               order="front DESC, queued")}),
+picked AS (SELECT * FROM (SELECT id, 0 AS k, id AS name, false AS front, 0::bigint AS queued FROM mine
+                          UNION ALL SELECT id, 1, '', front, queued FROM others) AS c
+           ORDER BY k, name, front DESC, queued LIMIT %(n)s),
+claimed AS (UPDATE tasks t SET state = 'claimed', owner = %(owner)s, counter = t.counter + 1,
+                expires_at = %(expires)s, claimed_at = %(now)s, front = false, affinity = NULL,
+                awaiting = '{{}}', wake = 'first', not_before = 0
+            FROM picked WHERE t.id = picked.id RETURNING t.id, t.counter, t.attempt)
+SELECT p.id, p.state, p.func, p.args, p.parent, p.tags, p.timeout, p.created_at, p.settled_at, p.value,
+       p.attempt, c.counter, c.attempt
+FROM claimed c JOIN picked ON picked.id = c.id JOIN promises p ON p.id = c.id
+ORDER BY picked.k, picked.name, picked.front DESC, picked.queued
+"""
 _OVERDUE = ("SELECT id, timeout FROM promises WHERE state = 'pending' AND timeout <= %s "
             "ORDER BY timeout, id FOR UPDATE SKIP LOCKED")
 _HELD = ("SELECT t.id, t.state, t.counter, t.attempt, t.owner, t.expires_at, t.not_before, t.awaiting, "
@@ -168,21 +185,14 @@ class PgStore:
             return []
 
         def body(tx: Tx) -> list[Claim]:
-            args = {"now": at, "owner": owner, "n": limit, "grace": AFFINITY_GRACE}
-            picked = [r[0] for r in tx.execute(_MINE, args)]
-            if len(picked) < limit:
-                args["n"] = limit - len(picked)
-                picked += [r[0] for r in tx.execute(_OTHERS, args)]
-            writes.time_out(tx, tx.execute(_OVERDUE, (at,)).fetchall())
-            if not picked:
-                return []
-            got = {r[0]: (r[1], r[2]) for r in tx.execute(
-                "UPDATE tasks SET state = 'claimed', owner = %s, counter = counter + 1, expires_at = %s, "
-                "claimed_at = %s, front = false, affinity = NULL, awaiting = '{}', wake = 'first', "
-                "not_before = 0 WHERE id = ANY(%s) RETURNING id, counter, attempt",
-                (owner, expires, at, picked))}
-            tx.notify(CHANGES)
-            return [Claim(p, got[p.id][0], got[p.id][1], owner, expires) for p in self._stored(tx, picked)]
+            args = {"now": at, "owner": owner, "n": limit, "grace": AFFINITY_GRACE, "expires": expires}
+            claimed = tx.execute(_CLAIM, args)
+            overdue = tx.execute(_OVERDUE, (at,))  # in the same round trip
+            writes.time_out(tx, overdue.fetchall())
+            found = claimed.fetchall()
+            if found:
+                tx.notify(CHANGES)
+            return [Claim(rows.promise(r), r[11], r[12], owner, expires) for r in found]
 
         return self._db.run(body)
 
@@ -195,7 +205,7 @@ class PgStore:
         params: tuple[Any, ...] = (expires, owner)
         if ids is not None:
             query, params = query + " AND id = ANY(%s)", (*params, list(ids))
-        return int(self._db.run(lambda tx: tx.execute(query, params).rowcount))
+        return len(self._page(query + " RETURNING 1", params))
 
     @staticmethod
     def _fenced(tx: Tx, pid: str, counter: int) -> tuple[Any, ...]:
@@ -235,24 +245,18 @@ class PgStore:
         at = time.time() if now is None else now
 
         def body(tx: Tx) -> list[Promise | StaleClaim]:
-            held = {r[0]: r for r in tx.execute(
-                "SELECT id, state, counter, deadline FROM tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-                ([d.id for d in completions],))}
-            outcomes: list[StaleClaim | None] = []
-            items: list[writes.Settle] = []
+            first = list({d.id: d for d in reversed(completions)}.values())[::-1]
+            settled = writes.complete(tx, first, at)
+            stale = {d.id for d in completions if d.id not in settled}
+            found = {} if not stale else {r[0]: r[1:] for r in tx.execute(
+                "SELECT id, state, counter FROM tasks WHERE id = ANY(%s)", (list(stale),)).fetchall()}
+            outcomes: list[Promise | StaleClaim] = []
             for done in completions:
-                row, pid, counter = held.get(done.id), done.id, done.counter
-                if row is None:
-                    outcomes.append(StaleClaim(pid, counter, "the promise is settled or has no task"))
-                elif row[1] != "claimed" or row[2] != counter:
-                    outcomes.append(StaleClaim(pid, counter, f"the task is {row[1]} at counter {row[2]}"))
-                else:
-                    outcomes.append(None)
-                    items.append((done.id, row[3], done.state, done.value))
-                    held.pop(done.id)  # a second completion of it in this batch is stale
-            writes.settle(tx, items, at)
-            stored = iter(self._stored(tx, [i[0] for i in items]))
-            return [out or next(stored) for out in outcomes]
+                promise = settled.pop(done.id, None)  # a second completion of it in this batch is stale
+                reason = ("the promise is settled or has no task" if done.id not in found
+                          else "the task is {} at counter {}".format(*found[done.id]))
+                outcomes.append(promise or StaleClaim(done.id, done.counter, reason))
+            return outcomes
 
         return self._db.run(body)
 
