@@ -135,7 +135,8 @@ def status(s: dict[str, Any]) -> Iterator[Text]:
     if sup is None:
         yield Text(f"no supervisor is running on {s['store']}", style="bold")
     else:
-        yield Text.assemble(Text(f"supervisor {sup['pid']}", style="bold"),
+        named = f" (id {sup['id']})" if sup.get("id") else ""
+        yield Text.assemble(Text(f"supervisor {sup['pid']}{named}", style="bold"),
                             f" on {s['store']}, up {seconds(sup['uptime'])}, {sup['workers']} workers"
                             f" x {sup['concurrency']}, rss {size(sup['rss'])}, cpu {_percent(sup)}")
     others = [p for p in s["supervisors"] if sup is None or p["id"] != sup["id"]]
