@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from runner.owners import owner_supervisor
-from runner.store import WORK, NewPromise, PromiseStore, State, StoreError, TaskState, open_store
+from runner.store import WORK, NewPromise, PromiseStore, StaleClaim, State, StoreError, TaskState, open_store
 from tests.apps.partition import read_trace
 from tests.helpers import (
     Spawn,
@@ -135,6 +135,26 @@ def test_a_cut_link_ends_presence_and_the_sweep_lock_but_the_row_waits_out_its_l
         assert cut.lock_sweeper(60) is False  # the other sweeps now
         assert {info["id"] for info in other.supervisors()} == {"cut", "other"}  # present again
         assert other.lost_supervisors() == []
+
+
+def test_a_dead_supervisors_worker_cannot_renew_or_finish_a_claim_taken_from_it(
+        url: str, handles: list[PromiseStore]) -> None:
+    store = open_store(url)
+    handles.append(store)
+    store.create([NewPromise("r", "f")])
+    old, new = "41@1.00+retired", "42@2.00+alive"
+    [stale] = store.claim(old)
+    store.release_owner(old, how="its supervisor retired was declared dead")
+    [taken] = store.claim(new)
+    task = store.task("r")
+    assert task is not None and task.owner == new
+    assert store.heartbeat(old, ids=["r"]) == 0  # its beat does not bring the claim back
+    after = store.task("r")
+    assert after is not None and (after.owner, after.expires_at, after.counter) == \
+        (new, task.expires_at, taken.counter)
+    with pytest.raises(StaleClaim):
+        store.complete("r", stale.counter, State.RESOLVED, "late")
+    assert store.complete("r", taken.counter, State.RESOLVED, "ok").value == "ok"
 
 
 def test_a_blackholed_sweeper_loses_the_lock_once_its_beat_lapses(
