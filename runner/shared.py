@@ -2,7 +2,9 @@
 
 On a store that says `shared` (a database, reached from several hosts or by several
 `runner start` on one URL), each supervisor joins under a fresh id that its workers'
-owner ids carry, and beats every quarter of the lapse. The holder of the store's
+owner ids carry, and beats every quarter of the lapse, on a thread and a store handle
+of its own: a loop busy with a long store call (a retention pass, say) must not stop
+the beats, or a live supervisor would be declared dead. The holder of the store's
 sweep lock, one supervisor at a time, fires timers, times out deadlines, expires
 leases, and declares dead every supervisor whose last beat is older than the lapse
 (or, on its own host, one whose connection and process are both gone: a death seen
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,16 +74,19 @@ class SharedSupervision:
         self.clock = clock
         self.sid = new_sid()
         self.sweeping = False
-        self._next_beat = self._next_check = self._next_orphans = -1.0
+        self._next_check = self._next_orphans = -1.0
         self._unreachable_since: float | None = None
         self._dead_owners: set[str] = set()  # workers of supervisors we retired, not given back yet
+        self._retired: str | None = None  # an id of ours that a beat found retired
+        self._beats_failing = False
+        self._stop = threading.Event()
+        self._beater: threading.Thread | None = None
 
     def owner(self, pid: int) -> str:
         return owner_id(pid, self.sid)
 
     def join(self) -> None:
         self.store.join_supervisor(self.sid)
-        self._next_beat = self.clock() + self.lapse / BEATS_PER_LAPSE
         log.info("joined the store's supervisors as %s (declared dead after %.1f s without a beat)",
                  self.sid, self.lapse)
 
@@ -90,13 +96,62 @@ class SharedSupervision:
         self.join()
         return old
 
+    # -- beats ------------------------------------------------------------------------
+
+    def start_beating(self, open_handle: Callable[[], PromiseStore]) -> None:
+        """Beat every quarter of the lapse on a thread, through a handle `open_handle` opens."""
+        self._beater = threading.Thread(target=self._beat_forever, args=(open_handle,), name="beats",
+                                        daemon=True)
+        self._beater.start()
+
+    def stop_beating(self) -> None:
+        self._stop.set()
+        if self._beater is not None:
+            self._beater.join()
+
+    def _beat_forever(self, open_handle: Callable[[], PromiseStore]) -> None:
+        handle: PromiseStore | None = None
+        while not self._stop.wait(self.lapse / BEATS_PER_LAPSE):
+            try:
+                handle = handle or open_handle()
+            except UNREACHABLE as exc:
+                self._beat_failed(exc)
+                continue
+            try:
+                self.beat(handle)
+            except Exception:  # a beat thread that dies would have us declared dead
+                log.exception("a heartbeat failed; retrying")
+        if handle is not None:
+            handle.close()
+
+    def beat(self, handle: PromiseStore) -> None:
+        """One beat of our current id; found retired, it is noted for the loop's next tick."""
+        sid = self.sid
+        try:
+            alive = handle.beat_supervisor(sid)
+        except UNREACHABLE as exc:
+            self._beat_failed(exc)
+            return
+        if self._beats_failing:
+            self._beats_failing = False
+            log.warning("heartbeats reach the store again")
+        if not alive:
+            self._retired = sid
+
+    def _beat_failed(self, exc: BaseException) -> None:
+        if not self._beats_failing:
+            self._beats_failing = True
+            log.warning("a heartbeat could not reach the store (%s); retrying", exc)
+
+    # -- the loop's ticks --------------------------------------------------------------
+
     def due(self) -> float:
         """The clock time the next tick is due (every supervisor tries for the sweep lock)."""
-        return min(self._next_beat, self._next_check, *([self._next_orphans] if self.sweeping else []))
+        return min([self._next_check, *([self._next_orphans] if self.sweeping else [])])
 
     def tick(self) -> bool:
-        """Beat, and sweep for the dead if we hold the sweep lock. False when we were found
-        retired: the caller kills its workers and calls `rejoin()`."""
+        """Sweep for the dead if we hold the sweep lock. False when a beat found us retired:
+        the caller kills its workers and calls `rejoin()`."""
         try:
             alive = self._tick(self.clock())
         except UNREACHABLE as exc:
@@ -108,10 +163,8 @@ class SharedSupervision:
         return alive
 
     def _tick(self, now: float) -> bool:
-        if now >= self._next_beat:
-            self._next_beat = now + self.lapse / BEATS_PER_LAPSE
-            if not self.store.beat_supervisor(self.sid):
-                return False
+        if self._retired == self.sid:
+            return False
         if now >= self._next_check:
             self._next_check = now + CHECK
             self.sweeping = self.store.lock_sweeper(self.lapse)

@@ -108,12 +108,15 @@ class Supervisor:
                     log.info("took back %d claims of the previous supervisor", len(released))
             else:  # the others' claims are theirs: those of the dead go back when seen or lapsed
                 self.shared.join()
+                self.shared.start_beating(lambda: self.location.open(lease=self.lease))
             # The code may have been fixed since they were parked: let each replay again.
             resumed = self.store.unpark(None)
             if resumed:
                 log.info("resumed %d parked workflows: %s", len(resumed), ", ".join(resumed[:10]))
             self._loop(until, wake_on)
         finally:
+            if self.shared is not None:
+                self.shared.stop_beating()
             self.store.unlock_supervisor()  # on a shared store, retires our id: nobody waits out our lapse
 
     def _loop(self, until: Callable[[], bool] | None, wake_on: Sequence[str]) -> None:

@@ -7,6 +7,7 @@ real supervisors, SIGKILL and a cut network link.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 from runner.owners import owner_id, owner_pid, owner_supervisor
 from runner.shared import BEATS_PER_LAPSE, SharedSupervision
 from runner.store import DirStore, StoreUnavailable, Task, TaskState
+from tests.helpers import wait_until
 
 LAPSE = 4.0
 
@@ -44,6 +46,10 @@ class FakeShared:
         self.infos: dict[str, dict[str, Any]] = {}  # what each supervisor last published
         self.lost: set[str] = set()  # ids whose connection is gone
         self.down = False
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
     def _up(self) -> None:
         if self.down:
@@ -109,11 +115,14 @@ def supervision(store: FakeShared, *, sweeper: bool = False) -> SharedSupervisio
 
 
 def advance(store: FakeShared, seconds: float, *beating: SharedSupervision) -> None:
-    """Move the clock in small steps, each supervisor in `beating` ticking as it goes."""
+    """Move the clock in small steps, each supervisor in `beating` beating (as its thread
+    would, every quarter of the lapse) and ticking as it goes."""
     end = store.now + seconds
     while store.now < end:
         store.now = min(end, store.now + 0.25)
         for shared in beating:
+            if store.now % (LAPSE / BEATS_PER_LAPSE) < 0.25:
+                shared.beat(shared.store)
             assert shared.tick()
 
 
@@ -181,6 +190,7 @@ def test_a_retired_supervisor_finds_out_at_its_next_beat_and_rejoins_under_a_new
     advance(store, LAPSE + 0.5, sweeper)  # `cut` cannot beat
     assert old not in store.beats
     store.now += LAPSE / BEATS_PER_LAPSE
+    cut.beat(cut.store)
     assert cut.tick() is False  # its beat does not bring it back
     assert old not in store.beats
     assert cut.rejoin() == old and cut.sid != old and cut.sid in store.beats
@@ -204,6 +214,7 @@ def test_a_store_out_of_reach_is_waited_out(sweeper: bool) -> None:
     advance(store, 1.0, shared)
     store.down = True
     store.now += LAPSE
+    shared.beat(shared.store)  # fails, and is said so
     assert shared.tick() is True and not shared.sweeping
     store.down = False
     store.now += 1.0
@@ -223,3 +234,35 @@ def test_the_directory_store_has_one_supervisor_who_sweeps_alone(tmp_path: Path)
     finally:
         store.unlock_supervisor()
         store.close()
+
+
+def test_beats_go_on_on_their_own_thread_while_the_loop_is_busy() -> None:
+    store = FakeShared()
+    shared = SharedSupervision(Handle(store, False), 1.0, lambda *_: 0.0)  # type: ignore[arg-type]
+    shared.join()
+    beaten: list[float] = []
+
+    class Beats(Handle):
+        def beat_supervisor(self, sid: str) -> bool:
+            beaten.append(time.monotonic())
+            return self._store.beat_supervisor(sid)
+
+    shared.start_beating(lambda: Beats(store, False))  # type: ignore[arg-type, return-value]
+    try:
+        wait_until(lambda: len(beaten) >= 3, timeout=5)  # nobody ticks: the loop is "busy"
+    finally:
+        shared.stop_beating()
+    assert store.closed  # the thread's own handle
+    assert all(b - a > 0.1 for a, b in itertools.pairwise(beaten))  # paced (a quarter lapse), not spinning
+    store.beats.clear()  # retired meanwhile
+    shared.beat(Beats(store, False))  # type: ignore[arg-type]
+    assert shared.tick() is False
+
+
+def test_the_next_tick_is_due_at_the_next_look_and_for_the_sweeper_at_the_next_orphan_scan() -> None:
+    store = FakeShared()
+    shared, sweeper = supervision(store), supervision(store, sweeper=True)
+    for one in (shared, sweeper):
+        assert one.due() <= store.now  # at once, before the first tick
+        assert one.tick()
+        assert store.now < one.due() <= store.now + 1.0

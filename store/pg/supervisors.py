@@ -113,8 +113,8 @@ class Supervisors:
         self._present(sid)
 
     def beat(self, sid: str) -> bool:
-        """Renew our beat; False once we were retired (the row is gone and stays gone)."""
-        self._own()  # a connection lost and found again takes our presence back
+        """Renew `sid`'s beat (from any handle: the supervisor beats through one of its own);
+        False once it was retired (the row is gone and stays gone)."""
         return self._write(f"UPDATE supervisors SET beat = {CLOCK} WHERE id = %s", (sid,)) == 1
 
     def beats(self) -> dict[str, float]:
