@@ -504,14 +504,17 @@ class PgStore:
     def supervisor_beats(self) -> dict[str, float]:
         return self._supervisors.beats()
 
-    def retire_supervisor(self, sid: str) -> bool:
+    def retire_supervisor(self, sid: str) -> dict[str, Any] | None:
         return self._supervisors.retire(sid)
 
-    def lock_sweeper(self) -> bool:
-        return self._supervisors.lock_sweeper()
+    def lock_sweeper(self, lapse: float) -> bool:
+        return self._supervisors.lock_sweeper(lapse)
 
     def supervisors(self) -> list[dict[str, Any]]:
         return self._supervisors.every()
+
+    def lost_supervisors(self) -> list[dict[str, Any]]:
+        return self._supervisors.lost()
 
     def lock_holders(self) -> list[int]:
         """No process holds a lock on the whole store: rows are locked, for a transaction."""
