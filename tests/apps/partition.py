@@ -29,7 +29,7 @@ def _trace(path: str, event: str) -> None:
 
 
 @function
-def nap(path: str, index: int, seconds: float) -> dict[str, Any]:
+def partition_nap(path: str, index: int, seconds: float) -> dict[str, Any]:
     _trace(path, "start")
     time.sleep(seconds)
     _trace(path, "end")
@@ -39,7 +39,7 @@ def nap(path: str, index: int, seconds: float) -> dict[str, Any]:
 @function
 async def spread(ctx: Context, path: str, n: int, seconds: float) -> list[dict[str, Any]]:
     """n naps at once; the result lists them in order."""
-    handles = [ctx.run(nap, path, i, seconds) for i in range(n)]
+    handles = [ctx.run(partition_nap, path, i, seconds) for i in range(n)]
     return [await handle for handle in handles]
 
 
