@@ -265,7 +265,8 @@ class Worker:
         log.debug("%s: %s", claim.id, state.value)
 
     async def _finish_leaf(self, claim: Claim, state: State, value: Any) -> None:
-        """Complete a leaf with the others finishing in this turn of the loop: one frame, one fsync.
+        """Complete a leaf with the others finishing in this turn of the loop, and claim the
+        slots they free: one frame, one fsync (see _flush).
 
         The leaf's task lives until its result is durable, so a drain waits for it.
         """
@@ -278,10 +279,19 @@ class Worker:
         log.debug("%s: %s", claim.id, state.value)
 
     def _flush(self) -> None:
+        """Write the batch, claiming as many tasks as it frees slots in the same write.
+
+        The batch's tasks still count as running until their futures are done, so the slots
+        free once it is written are those free now plus its own. A frame and its fdatasync
+        cost a store call's CPU several times over: a leaf's claim sharing the frame of the
+        completions before it halves what a fan-out writes.
+        """
         batch, self._batch = self._batch, []
+        free = 0 if self.draining else self.concurrency - len(self.running) + len(batch)
         outcomes: list[Any]
+        claims: list[Claim] = []
         try:
-            outcomes = self.store.complete_many([item for item, _ in batch])
+            outcomes, claims = self.store.complete_and_claim([item for item, _ in batch], self.owner, free)
         except Exception as exc:  # every waiting leaf hears of it: none may wait for ever
             outcomes = [exc] * len(batch)
         for (_, done), outcome in zip(batch, outcomes, strict=True):
@@ -289,6 +299,8 @@ class Worker:
                 done.set_exception(outcome)
             else:
                 done.set_result(None)
+        for claim in claims:
+            self._start(claim)
 
     async def _run_leaf(self, claim: Claim, entry: Registered) -> None:
         """Run the leaf; what it raises comes back as a value, never through asyncio.

@@ -83,15 +83,18 @@ class DirStore(Replica):
     def supervisor_beats(self) -> dict[str, float]:
         return {}
 
-    def retire_supervisor(self, sid: str) -> bool:
-        return False
+    def retire_supervisor(self, sid: str) -> dict[str, Any] | None:
+        return None
 
-    def lock_sweeper(self) -> bool:
+    def lock_sweeper(self, lapse: float) -> bool:
         return True
 
     def supervisors(self) -> list[dict[str, Any]]:
         info = self.supervisor()
         return [] if info is None else [info]
+
+    def lost_supervisors(self) -> list[dict[str, Any]]:
+        return []
 
     # -- promises -----------------------------------------------------------------
 
@@ -108,9 +111,10 @@ class DirStore(Replica):
         self._usable()
         with self._mutex:
             p = self.state.promises.get(promise_id)
-            if p is not None and p.settled:
-                # Settled is final: no write anyone makes changes it, so no catching up
-                # (and no lock) is needed. A workflow's awaits of its settled children come here.
+            if p is not None and p.settled and p.parent is not None and self.state.pending(p.parent):
+                # Settled is final, and a run with a promise pending in it (the parent) is
+                # neither archived nor removed: no write anyone makes changes the answer, so no
+                # catching up (and no lock) is needed. A workflow's awaits of its settled children come here.
                 return p
         with self._locked():
             p = self._lookup(promise_id)
@@ -241,19 +245,31 @@ class DirStore(Replica):
         frame instead (the sweep's work, done as soon as anyone would act on it).
         """
         now = time.time() if now is None else now
-        expires = now + (self.lease if lease is None else lease)
         with self._locked():
-            due = self.state.timed_out(now)
-            ops = [self._timeout_op(pid) for pid in due]
-            skip = set(due)
-            picked = list(itertools.islice(
-                (pid for pid in self.state.candidates(owner, now, AFFINITY_GRACE) if pid not in skip),
-                max(0, limit)))
-            tasks = self.state.tasks
-            ops += [[CLAIM, pid, owner, tasks[pid].counter + 1, expires, now] for pid in picked]
+            ops, claimed = self._claim_ops(owner, now, limit, lease)
             self._commit(ops)
+            return claimed()
+
+    def _claim_ops(self, owner: str, now: float, limit: int, lease: float | None,
+                   settling: frozenset[str] = frozenset()
+                   ) -> tuple[list[list[Any]], Callable[[], list[Claim]]]:
+        """The operations of a claim, and what gives its Claims once they are applied.
+        `settling`: ids settled in the same frame, so not timed out here too."""
+        expires = now + (self.lease if lease is None else lease)
+        due = [pid for pid in self.state.timed_out(now) if pid not in settling]
+        ops = [self._timeout_op(pid) for pid in due]
+        skip = set(due)
+        picked = list(itertools.islice(
+            (pid for pid in self.state.candidates(owner, now, AFFINITY_GRACE) if pid not in skip),
+            max(0, limit)))
+        tasks = self.state.tasks
+        ops += [[CLAIM, pid, owner, tasks[pid].counter + 1, expires, now] for pid in picked]
+
+        def claimed() -> list[Claim]:
             return [Claim(self.state.promises[pid], tasks[pid].counter, tasks[pid].attempt, owner, expires)
                     for pid in picked]
+
+        return ops, claimed
 
     def next_due(self) -> float | None:
         """When the earliest delayed task (a retry's backoff) becomes claimable, as of this
@@ -336,24 +352,49 @@ class DirStore(Replica):
         Each is fenced on its own; a stale one is returned as its StaleClaim and
         the others are still written.
         """
-        for done in completions:
-            if not done.state.settled:
-                raise ValueError("complete needs a final state")
+        _final(completions)
         now = time.time() if now is None else now
         with self._locked():
-            outcomes: list[StaleClaim | None] = []
-            ops = []
-            for done in completions:
-                try:
-                    self._fenced(done.id, done.counter)
-                except StaleClaim as stale:
-                    outcomes.append(stale)
-                    continue
-                outcomes.append(None)
-                ops.append(self._settle_op(done.id, done.state, done.value, now))
+            ops, outcomes = self._completion_ops(completions, now)
             self._commit(ops)
+            return outcomes()
+
+    def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
+                           now: float | None = None, *, lease: float | None = None
+                           ) -> tuple[list[Promise | StaleClaim], list[Claim]]:
+        """complete_many, then claim up to `limit` tasks for `owner`, in one frame, one fsync.
+
+        What a worker does as leaves finish: the slots they free are refilled in the same
+        write. The claims are picked before the settles apply, so a workflow they wake is
+        claimed by the next call, not this one.
+        """
+        _final(completions)
+        now = time.time() if now is None else now
+        with self._locked():
+            ops, outcomes = self._completion_ops(completions, now)
+            more, claimed = self._claim_ops(owner, now, limit, lease, frozenset(op[1] for op in ops))
+            self._commit(ops + more)
+            return outcomes(), claimed()
+
+    def _completion_ops(self, completions: Sequence[Completion], now: float
+                        ) -> tuple[list[list[Any]], Callable[[], list[Promise | StaleClaim]]]:
+        """The settles of the current completions, and what gives every outcome once applied."""
+        stale: list[StaleClaim | None] = []
+        ops = []
+        for done in completions:
+            try:
+                self._fenced(done.id, done.counter)
+            except StaleClaim as exc:
+                stale.append(exc)
+                continue
+            stale.append(None)
+            ops.append(self._settle_op(done.id, done.state, done.value, now))
+
+        def outcomes() -> list[Promise | StaleClaim]:
             promises = self.state.promises
-            return [out or promises[done.id] for out, done in zip(outcomes, completions, strict=True)]
+            return [out or promises[done.id] for out, done in zip(stale, completions, strict=True)]
+
+        return ops, outcomes
 
     def suspend(self, promise_id: str, counter: int, awaiting: Sequence[str],
                 now: float | None = None, *, creates: Sequence[NewPromise] = (),
@@ -549,6 +590,12 @@ class DirStore(Replica):
                          # entries of tasks settled or released since.
                          sum(t.state is TaskState.READY and t.not_before > now for t in tasks),
                          len(self.state.parked))
+
+
+def _final(completions: Sequence[Completion]) -> None:
+    for done in completions:
+        if not done.state.settled:
+            raise ValueError("complete needs a final state")
 
 
 def _page(pool: list[Promise], cursor: int, limit: int, match: Callable[[Promise], bool]) -> Page:

@@ -66,6 +66,7 @@ class Log:
         self._last_crc = 0  # payload checksum of the last frame before the cursor
         self.prev: list[int] | None = None  # what the cursor segment's header says of the one before
         self._fd: int | None = None
+        self._next_path = ""  # the segment after the cursor's, once the cursor is placed
         self._unsynced = False  # frames of others were read since our last fdatasync
 
     # -- locking -------------------------------------------------------------
@@ -131,6 +132,7 @@ class Log:
         except OSError as exc:
             raise io_error(exc, f"opening {path}") from None
         self.segment, self.offset = segment, 0
+        self._next_path = str(self.path(segment + 1))  # looked for at every catch-up: built once
         head = os.pread(self._fd, codec.HEADER.size + MAX_HEADER, 0)
         found = codec.read_frame(head, 0)
         if found is None:
@@ -202,7 +204,7 @@ class Log:
                 found.append((self.segment, self.offset + offset, payload))
                 end = offset + len(payload) + codec.HEADER.size
                 self._last_crc = codec.payload_crc(buf, offset)
-            has_next = os.path.exists(self.path(self.segment + 1))
+            has_next = os.path.exists(self._next_path)
             if not has_next and st.st_nlink == 0:
                 raise Overtaken(f"segment {self.segment} was compacted away")
             if end < len(buf):

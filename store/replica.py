@@ -1,7 +1,8 @@
 """A store's live state, replicated in each process from the shared log.
 
 A change is built under the lock from a state that has caught up with the log,
-appended as one frame, fdatasync'd, and only then applied and acknowledged.
+appended as one frame, fdatasync'd, and only then applied and acknowledged; once the
+lock is let go, the topics it produced wake whoever watches them (watch.py).
 Past a size the log is sealed and the state copied (under the lock: references and
 lists, cheap); then, outside the lock, whole settled runs move to the history
 database (archive.py), the rest is snapshotted, and the segments the snapshot

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import errno
+import logging
 import os
 import select
 import zlib
@@ -34,6 +34,7 @@ from .layout import check_dir
 from .types import CHANGES, TIMERS, WORK, settled_topic
 
 WAKE_DIR = "wake"
+_log = logging.getLogger(__name__)
 _CREATED = "created"  # one byte longer for each topic file ever created
 _SETTLED = settled_topic("")  # the prefix of every settle's topic
 _PLAIN = (WORK, TIMERS, CHANGES)
@@ -58,19 +59,27 @@ def topic_file(topic: str) -> str:
 
 
 def wake_dir(root: Path, writable: bool) -> Path | None:
-    """STORE/wake, created if missing; None on a read-only store that lacks it (nobody writes
-    there, so nobody need be woken). Checked like every directory of the store."""
+    """STORE/wake, created if missing, checked like every directory of the store; None where
+    it cannot be (a read-only store lacking it, where nobody writes; a full disk, where
+    waiters fall back on their backstop timeouts until a process opens the store again)."""
     path = root / WAKE_DIR
     for directory in (path, path / "settled"):
-        if writable:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(directory, DIR_MODE)  # not synced: wake-ups outlive no crash
         try:
+            if writable:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(directory, DIR_MODE)  # not synced: wake-ups outlive no crash
             check_dir(directory, "wake-up directory", follow=False)
         except FileNotFoundError:
             return None
+        except OSError as exc:  # a full disk: its writes will say so
+            _log.debug("no wake-ups in %s (waiters look every second instead): %s", root, exc)
+            return None
     if writable:
-        os.close(open_file(path / _CREATED, os.O_RDONLY | os.O_CREAT))
+        try:
+            os.close(open_file(path / _CREATED, os.O_RDONLY | os.O_CREAT))
+        except OSError as exc:
+            _log.debug("no wake-ups in %s (waiters look every second instead): %s", root, exc)
+            return None
     return path
 
 
@@ -143,18 +152,31 @@ class Watch:
             return
         path = self._dir / name
         try:
-            os.close(open_file(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL))
-            self._announce()
-        except FileExistsError:
-            pass
+            self._create(path)
         except OSError as exc:
-            if exc.errno == errno.EROFS:
-                return  # a read-only store: nobody can write it, so nothing will happen
-            raise
+            # A full disk, or a read-only one (nobody writes it then): the waiter's backstop
+            # timeout does the looking, and a write says what is wrong where it fails.
+            _log.debug("cannot create %s: %s", path, exc)
+            return
         if _libc.inotify_add_watch(self.fileno(), os.fsencode(path),
                                    _IN_ATTRIB | _IN_MODIFY | _IN_DONT_FOLLOW) < 0:
-            raise OSError(ctypes.get_errno(), f"inotify_add_watch {path} failed")
+            _log.warning("cannot watch %s (looking every second instead): %s", path,
+                         os.strerror(ctypes.get_errno()))
+            return
         self._files.add(name)
+
+    def _create(self, path: Path) -> None:
+        """The topic's file, announced to writers (see the module's note) if it is new."""
+        try:
+            os.close(open_file(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return
+        try:
+            self._announce()
+        except OSError:
+            with contextlib.suppress(OSError):  # unannounced, writers might never touch it
+                os.unlink(path)
+            raise
 
     def _announce(self) -> None:
         """Tell writers a topic file is new (see the module's note): before any read."""

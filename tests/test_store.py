@@ -305,6 +305,43 @@ def test_complete_many_is_one_frame_and_fences_each_on_its_own(s: DirStore, stor
     assert s.get("a").value == 1 and s.task("b").state is TaskState.READY
 
 
+def test_complete_and_claim_settles_and_claims(s: DirStore) -> None:
+    """Fenced as complete_many, claiming as claim; a parent the settles wake is claimed by this
+    call or by the next (the directory store picks its claims before the settles apply)."""
+    s.create([new("wf"), new("a"), new("b"), new("c")], now=1.0)
+    wf = claim_one(s, "w1", now=1.5)
+    assert s.suspend("wf", wf.counter, ["a"], now=1.6)
+    claims = {c.id: c for c in s.claim("w1", now=2.0, limit=2)}
+    assert set(claims) == {"a", "b"}
+    s.release("b", claims["b"].counter, now=2.5)  # b's holder is fenced off
+    out, got = s.complete_and_claim([Completion("a", claims["a"].counter, State.RESOLVED, 1),
+                                     Completion("b", claims["b"].counter, State.RESOLVED, 2)],
+                                    "w1", 5, now=3.0)
+    assert out[0] == s.get("a") and isinstance(out[1], StaleClaim) and out[1].promise_id == "b"
+    assert {"b", "c"} <= {c.id for c in got}
+    assert all(c.owner == "w1" and c.counter == s.task(c.id).counter for c in got)  # type: ignore[union-attr]
+    later = s.claim("w1", now=3.5)
+    assert sorted(c.id for c in [*got, *later]) == ["b", "c", "wf"]
+
+
+def test_complete_and_claim_never_claims_what_a_stale_completion_names_past_its_deadline(s: DirStore) -> None:
+    s.create([new("a", timeout=5.0)], now=1.0)
+    a = claim_one(s, "w1", now=2.0)
+    s.release("a", a.counter, now=3.0)  # ready again; its old holder's completion is stale
+    out, got = s.complete_and_claim([Completion("a", a.counter, State.RESOLVED, 1)], "w1", 1, now=6.0)
+    assert isinstance(out[0], StaleClaim) and got == []
+    assert s.get("a").state is State.REJECTED_TIMEDOUT  # type: ignore[union-attr]
+
+
+def test_complete_and_claim_is_one_frame(s: DirStore, store_dir: Path) -> None:
+    s.create([new("a"), new("b")], now=1.0)
+    a = claim_one(s, "w1", now=2.0)
+    frames = frame_count(store_dir)
+    out, got = s.complete_and_claim([Completion("a", a.counter, State.RESOLVED, 1)], "w1", 1, now=3.0)
+    assert frame_count(store_dir) == frames + 1
+    assert out[0] == s.get("a") and [c.id for c in got] == ["b"]
+
+
 def test_complete_on_a_ready_or_unknown_task_is_stale(s: DirStore) -> None:
     s.create([new("a")], now=1.0)
     with pytest.raises(StaleClaim):

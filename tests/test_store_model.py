@@ -51,6 +51,8 @@ owners = st.sampled_from(OWNERS)
 deltas = st.sampled_from([0, 0, 0, 0, 0, -1, 1])  # mostly the current counter, sometimes a stale one
 picks = st.integers(0, 9)  # below 8: act on a claimed task (when there is one), else on `pid`
 small_values = st.none() | st.integers(-3, 3) | st.text(max_size=3) | st.lists(st.integers(0, 3), max_size=2)
+completions = st.lists(st.tuples(ids, picks, deltas, st.sampled_from(FINAL_BY_WORKER), small_values),
+                       min_size=1, max_size=4)
 leases = st.sampled_from([1.0, 2.5, 10.0])
 steps = st.sampled_from([0.0, 0.25, 1.0, 3.0])
 deadlines = st.none() | st.sampled_from([0.0, 0.5, 2.0, 20.0])  # from now; 0.0: due at once
@@ -253,9 +255,13 @@ class StoreModel(RuleBasedStateMachine):
     def claim(self, h: int, owner: str, limit: int, lease: float) -> None:
         store = self.handles[h]
         claims = store.claim(owner, now=self.now, limit=limit, lease=lease)
+        self._claimed(owner, limit, lease, claims, self._claimable(owner))
+
+    def _claimed(self, owner: str, limit: int, lease: float, claims: list[Any], claimable: list[str]) -> None:
+        """Check and apply a claim of what was `claimable` (as it stood before the claim's frame)."""
         # A claim times out everything overdue in its frame and never hands it out; what
         # those timeouts wake is not claimable before the next claim.
-        claimable = [pid for pid in self._claimable(owner) if not self._overdue(pid)]
+        claimable = [pid for pid in claimable if not self._overdue(pid)]
         if self._time_out_due():
             event("a claim timed out overdue promises")
         got = [c.id for c in claims]
@@ -301,18 +307,35 @@ class StoreModel(RuleBasedStateMachine):
         self._settle(pid, state, value)
         assert got == self.promises[pid]
 
-    @rule(h=handles, batch=st.lists(st.tuples(ids, picks, deltas, st.sampled_from(FINAL_BY_WORKER),
-                                              small_values), min_size=1, max_size=4))
+    @rule(h=handles, batch=completions)
     def complete_many(self, h: int, batch: list[tuple[str, int, int, State, Any]]) -> None:
         """A group commit: each completion is fenced on its own, the stale ones are returned."""
+        items = self._completions(batch)
+        stale = [self._stale(c.id, c.counter) for c in items]
+        got = self.handles[h].complete_many(items, now=self.now)
+        self._completed(items, stale, got)
+
+    @rule(h=handles, batch=completions, owner=owners, limit=st.integers(0, 3), lease=leases)
+    def complete_and_claim(self, h: int, batch: list[tuple[str, int, int, State, Any]], owner: str,
+                           limit: int, lease: float) -> None:
+        """A worker's turn in one frame: the claims are of what was claimable before the settles."""
+        items = self._completions(batch)
+        stale = [self._stale(c.id, c.counter) for c in items]
+        claimable = self._claimable(owner)
+        got, claims = self.handles[h].complete_and_claim(items, owner, limit, now=self.now, lease=lease)
+        self._completed(items, stale, got)
+        self._claimed(owner, limit, lease, claims, claimable)
+
+    def _completions(self, batch: list[tuple[str, int, int, State, Any]]) -> list[Completion]:
         items, seen = [], set()
         for pid, pick, delta, state, value in batch:
             pid = self._target(pid, pick)
             if pid not in seen:  # one completion per promise, as a worker sends them
                 seen.add(pid)
                 items.append(Completion(pid, self._counter(pid, delta), state, value))
-        stale = [self._stale(c.id, c.counter) for c in items]
-        got = self.handles[h].complete_many(items, now=self.now)
+        return items
+
+    def _completed(self, items: list[Completion], stale: list[bool], got: list[Any]) -> None:
         for item, was_stale, out in zip(items, stale, got, strict=True):
             if was_stale:
                 assert isinstance(out, StaleClaim) and out.promise_id == item.id

@@ -83,11 +83,11 @@ def test_a_failure_of_the_worker_itself_still_ends_the_attempt(tmp_path: Path) -
         worker = Worker(store, tmp_path, registry, owner="w1", concurrency=1, lease=30.0)
         broken = RuntimeError("the batch write broke")
 
-        def complete_many(*_: Any, **__: Any) -> Any:
+        def complete_and_claim(*_: Any, **__: Any) -> Any:
             raise broken
 
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(store, "complete_many", complete_many)
+            patch.setattr(store, "complete_and_claim", complete_and_claim)
             asyncio.run(worker._execute(claim))
 
         task = store.task("leaf")

@@ -154,3 +154,18 @@ def test_a_waiter_blocks_in_the_kernel_and_a_killed_holder_never_wedges(tmp_path
     assert lock_holders(fd) == []
     os.close(fd)
     store.close()
+
+
+def test_a_link_planted_in_wake_is_never_followed(tmp_path: Path) -> None:
+    watcher, writer = pair(tmp_path)
+    outside = tmp_path / "outside"
+    outside.write_text("mine")
+    os.utime(outside, (1_000_000, 1_000_000))
+    (tmp_path / "store" / "wake" / "work").symlink_to(outside)
+    work = watcher.watch(WORK)
+    writer.create([NewPromise("job", "f")])
+    assert outside.stat().st_mtime == 1_000_000 and outside.read_text() == "mine"
+    assert work.wait(0)  # the link itself was touched, and watched as itself
+    work.close()
+    watcher.close()
+    writer.close()

@@ -22,6 +22,7 @@ from .schema import prepare
 from .url import redact
 
 T = TypeVar("T")
+IDLE_IN_TRANSACTION_MS = 5000
 _RETRIES = 20
 # Connections a forked child inherited and must neither use nor close: closing sends the
 # server a Terminate on the parent's socket. Kept referenced so they are never finalised.
@@ -39,6 +40,10 @@ def connect(dsn: str, shown: str, schema: str, *, autocommit: bool = False) -> A
         prepare(conn, schema)
         with conn.transaction():
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+            # A process cut off inside a transaction (a partition that holds its connection
+            # open) would keep its rows locked for as long as the server keeps its session:
+            # ours last milliseconds, so one idle this long is ended, its change undone.
+            conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
     except psycopg.Error as exc:
         conn.close()
         raise StoreUnavailable(f"cannot use {shown}: {_first_line(exc)}") from None
@@ -147,7 +152,7 @@ class Database:
 
     def watch(self, topics: tuple[str, ...]) -> PgWatch:
         pid = os.getpid()
-        return PgWatch(connect(self.dsn, self.shown, self.schema, autocommit=True),
+        return PgWatch(lambda: connect(self.dsn, self.shown, self.schema, autocommit=True),
                        lambda conn: forget(conn, pid), self.schema, topics)
 
     def close(self) -> None:

@@ -285,6 +285,13 @@ class PgStore:
 
         return self._db.run(body)
 
+    def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
+                           now: float | None = None, *, lease: float | None = None
+                           ) -> tuple[list[Promise | StaleClaim], list[Claim]]:
+        """complete_many, then claim: two transactions, since a database has no fdatasync per
+        call for one to share."""
+        return self.complete_many(completions, now), self.claim(owner, now, limit=limit, lease=lease)
+
     def suspend(self, promise_id: str, counter: int, awaiting: Sequence[str],
                 now: float | None = None, *, creates: Sequence[NewPromise] = (),
                 affinity: str | None = None, wake: Wake = Wake.FIRST) -> bool:
@@ -497,14 +504,17 @@ class PgStore:
     def supervisor_beats(self) -> dict[str, float]:
         return self._supervisors.beats()
 
-    def retire_supervisor(self, sid: str) -> bool:
+    def retire_supervisor(self, sid: str) -> dict[str, Any] | None:
         return self._supervisors.retire(sid)
 
-    def lock_sweeper(self) -> bool:
-        return self._supervisors.lock_sweeper()
+    def lock_sweeper(self, lapse: float) -> bool:
+        return self._supervisors.lock_sweeper(lapse)
 
     def supervisors(self) -> list[dict[str, Any]]:
         return self._supervisors.every()
+
+    def lost_supervisors(self) -> list[dict[str, Any]]:
+        return self._supervisors.lost()
 
     def lock_holders(self) -> list[int]:
         """No process holds a lock on the whole store: rows are locked, for a transaction."""
