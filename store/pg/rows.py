@@ -6,6 +6,7 @@ codec.unpack: nothing read from the database can execute code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -50,3 +51,10 @@ def seen(row: tuple[Any, ...], now: float) -> Promise:
 def task(row: tuple[Any, ...]) -> Task:
     return Task(row[0], _TASK_STATES[row[1]], row[2], row[3], row[4], row[5], row[6], tuple(row[7]), row[8],
                 unpack(row[9]), row[10], _WAKES[row[11]])
+
+
+def stored(tx: Any, ids: Sequence[str]) -> list[Promise]:
+    """The stored records of `ids` (each must exist), read in the transaction `tx`."""
+    found = {r[0]: promise(r) for r in tx.execute(
+        f"SELECT {PROMISE} FROM {PROMISE_FROM} WHERE p.id = ANY(%s)", (list(ids),))}
+    return [found[pid] for pid in ids]

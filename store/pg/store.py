@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..codec import pack
-from ..deaths import Decide, died_error, retry_at_once
+from ..deaths import Decide, retry_at_once
 from ..errors import NotFound, StaleClaim
 from ..types import CHANGES, Claim, Completion, NewPromise, Page, Promise, State, Stats, Task, Wake
-from . import rows, writes
+from . import queries, rows, writes
 from .connection import Database, Tx
 from .listen import PgWatch
 from .supervisors import Supervisors
@@ -24,65 +24,6 @@ from .url import redact, split
 
 DEFAULT_LEASE = 30.0  # seconds, as the directory store's
 AFFINITY_GRACE = 1.0  # seconds a woken workflow waits for the worker that has it in memory
-
-_CANDIDATES = ("SELECT id, front, queued FROM tasks WHERE state = 'ready' "
-               "AND not_before <= %(now)s AND (deadline IS NULL OR deadline > %(now)s) AND {which} "
-               "ORDER BY {order} LIMIT %(n)s FOR UPDATE SKIP LOCKED")
-# One statement, so a transaction of its own (one round trip): the owner's own woken
-# workflows first, then the queue's (given back after a death at its front), none overdue;
-# each claimed with a fresh counter; their promises, and whether any promise is overdue
-# (one row of NULLs, saying so, when nothing was claimed).
-_CLAIM = f"""
-WITH mine AS ({_CANDIDATES.format(which="affinity = %(owner)s", order="id")}),
-others AS ({_CANDIDATES.format(which="(affinity IS NULL OR (affinity <> %(owner)s AND "
-                                     "ready_since + %(grace)s <= %(now)s))",
-                               order="front DESC, queued")}),
-picked AS (SELECT * FROM (SELECT id, 0 AS k, id AS name, false AS front, 0::bigint AS queued FROM mine
-                          UNION ALL SELECT id, 1, '', front, queued FROM others) AS c
-           ORDER BY k, name, front DESC, queued LIMIT %(n)s),
-claimed AS (UPDATE tasks t SET state = 'claimed', owner = %(owner)s, counter = t.counter + 1,
-                expires_at = %(expires)s, claimed_at = %(now)s, front = false, affinity = NULL,
-                awaiting = '{{}}', wake = 'first', not_before = 0
-            FROM picked WHERE t.id = picked.id RETURNING t.id, t.counter, t.attempt),
-got AS (SELECT p.id, p.state, p.func, p.args, p.parent, p.tags, p.timeout, p.created_at, p.settled_at,
-               p.value, p.attempt, c.counter, c.attempt AS run, picked.k, picked.name, picked.front,
-               picked.queued
-        FROM claimed c JOIN picked ON picked.id = c.id JOIN promises p ON p.id = c.id)
-SELECT got.id, got.state, got.func, got.args, got.parent, got.tags, got.timeout, got.created_at,
-       got.settled_at, got.value, got.attempt, got.counter, got.run,
-       (SELECT count(*) FROM (SELECT pg_notify(%(changes)s, '') FROM got LIMIT 1) AS n),
-       EXISTS (SELECT 1 FROM promises WHERE state = 'pending' AND timeout <= %(now)s)
-FROM (SELECT 1) AS one LEFT JOIN got ON true
-ORDER BY got.k, got.name, got.front DESC, got.queued
-"""
-# Judge and write a suspend in one statement. The awaited promises are read FOR SHARE: a
-# settle of one of them waits for this commit and then sees the task waiting, or this waits
-# for the settle's commit and sees it settled; no wake-up falls between. The task waits
-# only if its claim is current, every awaited id exists, and `wake` does not hold already.
-_SUSPEND = """
-WITH aw AS (SELECT id, state FROM promises WHERE id = ANY(%(ids)s) ORDER BY id FOR SHARE),
-me AS (SELECT state, counter FROM tasks WHERE id = %(id)s FOR UPDATE),
-judged AS (SELECT count(*) AS found, count(*) FILTER (WHERE state = 'pending') AS remaining,
-                  count(*) FILTER (WHERE state <> 'pending') AS settled,
-                  bool_or(state NOT IN ('pending', 'resolved')) AS failed, bool_or(state = 'resolved') AS won,
-                  array_agg(id) AS known
-           FROM aw),
-waiting AS (UPDATE tasks t SET state = 'waiting', awaiting = %(awaiting)s, remaining = j.remaining,
-                wake = %(wake)s, affinity = %(affinity)s, owner = NULL, expires_at = NULL
-            FROM judged j WHERE t.id = %(id)s AND t.state = 'claimed' AND t.counter = %(counter)s
-                AND j.found = %(n)s AND NOT (j.settled > 0 AND (%(wake)s = 'first' OR j.remaining = 0
-                    OR (%(wake)s = 'all' AND j.failed) OR (%(wake)s = 'any' AND j.won)))
-            RETURNING t.id)
-SELECT (SELECT state FROM me), (SELECT counter FROM me), j.known,
-       (SELECT count(pg_notify(%(changes)s, '')) FROM waiting)
-FROM judged j
-"""
-_OVERDUE = ("SELECT id, timeout FROM promises WHERE state = 'pending' AND timeout <= %s "
-            "ORDER BY timeout, id FOR UPDATE SKIP LOCKED")
-_HELD = ("SELECT t.id, t.state, t.counter, t.attempt, t.owner, t.expires_at, t.not_before, t.awaiting, "
-         "t.affinity, t.last_error, t.claimed_at, t.wake, t.deadline FROM tasks t WHERE t.state = 'claimed' "
-         "AND {} ORDER BY t.id FOR UPDATE")
-
 
 class PgStore:
     """A promise store in a PostgreSQL schema, shared by processes on any number of hosts."""
@@ -111,15 +52,9 @@ class PgStore:
 
         def body(tx: Tx) -> list[Promise]:
             writes.create(tx, promises, at)
-            return self._stored(tx, [new.id for new in promises])
+            return rows.stored(tx, [new.id for new in promises])
 
         return self._db.run(body)
-
-    @staticmethod
-    def _stored(tx: Tx, ids: Sequence[str]) -> list[Promise]:
-        found = {r[0]: rows.promise(r) for r in tx.execute(
-            f"SELECT {rows.PROMISE} FROM {rows.PROMISE_FROM} WHERE p.id = ANY(%s)", (list(ids),))}
-        return [found[pid] for pid in ids]
 
     def get(self, promise_id: str, *, now: float | None = None) -> Promise | None:
         """The promise as of `now` (timed out once overdue, swept or not)."""
@@ -191,10 +126,10 @@ class PgStore:
                 items: list[writes.Settle] = [(promise_id, row[1], state, value)]
                 if state is State.REJECTED_CANCELED:
                     cause = {"type": "Canceled", "message": f"canceled with {promise_id}"}
-                    below = _pending_below(tx, promise_id)
+                    below = writes.pending_below(tx, promise_id)
                     items += [(pid, deadline, state, cause) for pid, deadline in below]
                 writes.settle(tx, items, at)
-            return self._stored(tx, [promise_id])[0]
+            return rows.stored(tx, [promise_id])[0]
 
         return self._db.run(body)
 
@@ -210,10 +145,10 @@ class PgStore:
         if limit <= 0:
             return []
 
-        found = self._db.query(_CLAIM, {"now": at, "owner": owner, "n": limit, "grace": AFFINITY_GRACE,
+        found = self._db.query(queries.CLAIM, {"now": at, "owner": owner, "n": limit, "grace": AFFINITY_GRACE,
                                         "expires": expires, "changes": self._db.channel(CHANGES)})
         if found[0][-1]:
-            self._db.run(lambda tx: writes.time_out(tx, tx.execute(_OVERDUE, (at,)).fetchall()))
+            self._db.run(lambda tx: writes.time_out(tx, tx.execute(queries.OVERDUE, (at,)).fetchall()))
         return [Claim(rows.promise(r), r[11], r[12], owner, expires) for r in found if r[0] is not None]
 
     def heartbeat(self, owner: str, now: float | None = None, *, lease: float | None = None,
@@ -256,7 +191,7 @@ class PgStore:
             if deadline is None or at < deadline:
                 writes.create(tx, creates, at)
             writes.settle(tx, [(promise_id, deadline, state, value)], at)
-            return self._stored(tx, [promise_id])[0]
+            return rows.stored(tx, [promise_id])[0]
 
         return self._db.run(body)
 
@@ -307,7 +242,7 @@ class PgStore:
             args = {"id": promise_id, "counter": counter, "ids": unique, "n": len(unique),
                     "awaiting": list(awaiting), "wake": wake.value, "affinity": affinity,
                     "changes": tx.channel(CHANGES)}
-            state, current, known, waits = tx.execute(_SUSPEND, args).fetchone()
+            state, current, known, waits = tx.execute(queries.SUSPEND, args).fetchone()
             if state is None:
                 raise StaleClaim(promise_id, counter, "the promise is settled or has no task")
             if state != "claimed" or current != counter:
@@ -328,7 +263,7 @@ class PgStore:
 
         def body(tx: Tx) -> None:
             row = self._fenced(tx, promise_id, counter)
-            _next_attempt(tx, promise_id, row[2], row[4], delay, error, at)
+            writes.next_attempt(tx, promise_id, row[2], row[4], delay, error, at)
 
         self._db.run(body)
 
@@ -387,9 +322,10 @@ class PgStore:
         at = time.time() if now is None else now
 
         def body(tx: Tx) -> list[str]:
-            held = tx.execute(_HELD.format("(%s::text IS NULL OR t.owner = %s)"), (owner, owner)).fetchall()
+            whose = queries.HELD.format("(%s::text IS NULL OR t.owner = %s)")
+            held = tx.execute(whose, (owner, owner)).fetchall()
             if counted:
-                _deaths(tx, held, how, decide, at)
+                writes.deaths(tx, held, how, decide, at)
             else:
                 for row in held:
                     writes.ready(tx, row[0], not_before=0.0, attempt=row[3], error=rows.unpack(row[9]),
@@ -406,9 +342,9 @@ class PgStore:
         at = time.time() if now is None else now
 
         def body(tx: Tx) -> list[str]:
-            held = tx.execute(_HELD.format("t.expires_at <= %s") + " SKIP LOCKED", (at,)).fetchall()
-            _deaths(tx, held, "its lease expired", decide, at)
-            timed_out = writes.time_out(tx, tx.execute(_OVERDUE, (at,)).fetchall())
+            held = tx.execute(queries.HELD.format("t.expires_at <= %s") + " SKIP LOCKED", (at,)).fetchall()
+            writes.deaths(tx, held, "its lease expired", decide, at)
+            timed_out = writes.time_out(tx, tx.execute(queries.OVERDUE, (at,)).fetchall())
             return list(dict.fromkeys([r[0] for r in held] + timed_out))
 
         return self._db.run(body)
@@ -519,38 +455,3 @@ class PgStore:
     def lock_holders(self) -> list[int]:
         """No process holds a lock on the whole store: rows are locked, for a transaction."""
         return []
-
-
-def _pending_below(tx: Tx, pid: str) -> list[tuple[str, float | None]]:
-    """(id, deadline) of the pending promises below `pid`, deepest first."""
-    return tx.execute(
-        "WITH RECURSIVE below(id, depth) AS (SELECT id, 1 FROM promises WHERE parent = %s"
-        " UNION ALL SELECT p.id, b.depth + 1 FROM promises p JOIN below b ON p.parent = b.id)"
-        " SELECT p.id, p.timeout FROM below b JOIN promises p ON p.id = b.id WHERE p.state = 'pending'"
-        " ORDER BY b.depth DESC, p.num DESC", (pid,)).fetchall()
-
-
-def _next_attempt(tx: Tx, pid: str, attempt: int, deadline: float | None, delay: float, error: Any,
-                  now: float, *, front: bool = False) -> None:
-    """Release for the next attempt after `delay`; past the deadline, time it out instead."""
-    if deadline is not None and now >= deadline:
-        writes.time_out(tx, [(pid, deadline)])
-        return
-    writes.ready(tx, pid, not_before=now + delay if delay > 0 else 0.0, attempt=attempt + 1, error=error,
-                 now=now, front=front)
-
-
-def _deaths(tx: Tx, held: list[Any], how: str | None, decide: Decide, now: float) -> None:
-    """The attempts the dead holders ran have ended: each goes to the front after `decide`'s
-    delay, or is rejected with the death's error when `decide` says no attempt is left."""
-    if not held:
-        return
-    promises = {p.id: p for p in PgStore._stored(tx, [r[0] for r in held])}
-    for row in held:
-        task = rows.task(row[:12])
-        error = died_error(task.owner, task.attempt, how)
-        delay = decide(promises[task.id], task, error)
-        if delay is None:
-            writes.settle(tx, [(task.id, row[12], State.REJECTED, error)], now)
-        else:
-            _next_attempt(tx, task.id, task.attempt, row[12], delay, error, now, front=True)

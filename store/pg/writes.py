@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..codec import pack
+from ..deaths import Decide, died_error
 from ..layout import check_id
 from ..state import timeout_error
 from ..types import (
@@ -222,3 +223,38 @@ def _promise_row(new: NewPromise, now: float) -> tuple[Any, ...]:
                                 else (State.PENDING, None, None))
     return (new.id, state.value, new.func, pack(list(new.args)), new.parent, pack(dict(new.tags)),
             new.timeout, now, settled_at, value, _due(new))
+
+
+def pending_below(tx: Tx, pid: str) -> list[tuple[str, float | None]]:
+    """(id, deadline) of the pending promises below `pid`, deepest first."""
+    return tx.execute(
+        "WITH RECURSIVE below(id, depth) AS (SELECT id, 1 FROM promises WHERE parent = %s"
+        " UNION ALL SELECT p.id, b.depth + 1 FROM promises p JOIN below b ON p.parent = b.id)"
+        " SELECT p.id, p.timeout FROM below b JOIN promises p ON p.id = b.id WHERE p.state = 'pending'"
+        " ORDER BY b.depth DESC, p.num DESC", (pid,)).fetchall()
+
+
+def next_attempt(tx: Tx, pid: str, attempt: int, deadline: float | None, delay: float, error: Any,
+                 now: float, *, front: bool = False) -> None:
+    """Release for the next attempt after `delay`; past the deadline, time it out instead."""
+    if deadline is not None and now >= deadline:
+        time_out(tx, [(pid, deadline)])
+        return
+    ready(tx, pid, not_before=now + delay if delay > 0 else 0.0, attempt=attempt + 1, error=error,
+          now=now, front=front)
+
+
+def deaths(tx: Tx, held: list[Any], how: str | None, decide: Decide, now: float) -> None:
+    """The attempts the dead holders ran have ended: each goes to the front after `decide`'s
+    delay, or is rejected with the death's error when `decide` says no attempt is left."""
+    if not held:
+        return
+    promises = {p.id: p for p in rows.stored(tx, [r[0] for r in held])}
+    for row in held:
+        task = rows.task(row[:12])
+        error = died_error(task.owner, task.attempt, how)
+        delay = decide(promises[task.id], task, error)
+        if delay is None:
+            settle(tx, [(task.id, row[12], State.REJECTED, error)], now)
+        else:
+            next_attempt(tx, task.id, task.attempt, row[12], delay, error, now, front=True)
