@@ -103,6 +103,7 @@ class Database:
         self._pid = os.getpid()
         self._mutex = threading.Lock()
         self._closed = False
+        self.writes = 0  # transactions run() opened so far: a read may know nothing changed since
         # Autocommit: a lone statement is its own transaction (one round trip, no BEGIN or
         # COMMIT of its own); run() opens one around several.
         self._conn: Any = connect(dsn, shown, schema, autocommit=True)
@@ -122,6 +123,7 @@ class Database:
                     # next one read, or with the commit: fewer round trips per call.
                     if alone:
                         return body(tx)
+                    self.writes += 1
                     with self._conn.transaction():
                         result = body(tx)
                         tx.send()

@@ -7,8 +7,9 @@ _CANDIDATES = ("SELECT id, front, queued FROM tasks WHERE state = 'ready' "
                "ORDER BY {order} LIMIT %(n)s FOR UPDATE SKIP LOCKED")
 # One statement, so a transaction of its own (one round trip): the owner's own woken
 # workflows first, then the queue's (given back after a death at its front), none overdue;
-# each claimed with a fresh counter; their promises, and whether any promise is overdue
-# (one row of NULLs, saying so, when nothing was claimed).
+# each claimed with a fresh counter; their promises, when the next delayed task is due (for
+# next_due) and whether any promise is overdue (one row of NULLs, saying so, when nothing
+# was claimed).
 CLAIM = f"""
 WITH mine AS ({_CANDIDATES.format(which="affinity = %(owner)s", order="id")}),
 others AS ({_CANDIDATES.format(which="(affinity IS NULL OR (affinity <> %(owner)s AND "
@@ -26,8 +27,9 @@ got AS (SELECT p.id, p.state, p.func, p.args, p.parent, p.tags, p.timeout, p.cre
                picked.queued
         FROM claimed c JOIN picked ON picked.id = c.id JOIN promises p ON p.id = c.id)
 SELECT got.id, got.state, got.func, got.args, got.parent, got.tags, got.timeout, got.created_at,
-       got.settled_at, got.value, got.attempt, got.counter, got.run,
+       got.settled_at, got.value, got.attempt, got.counter, got.run, %(expires)s::float8,
        (SELECT count(*) FROM (SELECT pg_notify(%(changes)s, '') FROM got LIMIT 1) AS n),
+       (SELECT min(not_before) FROM tasks WHERE state = 'ready' AND not_before > %(now)s),
        EXISTS (SELECT 1 FROM promises WHERE state = 'pending' AND timeout <= %(now)s)
 FROM (SELECT 1) AS one LEFT JOIN got ON true
 ORDER BY got.k, got.name, got.front DESC, got.queued

@@ -65,6 +65,7 @@ CREATE TABLE tasks (
 ALTER TABLE tasks SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
                        autovacuum_analyze_scale_factor = 0.05);
 CREATE INDEX tasks_ready ON tasks (front DESC, queued) WHERE state = 'ready';
+CREATE INDEX tasks_delayed ON tasks (not_before) WHERE state = 'ready' AND not_before > 0;
 CREATE INDEX tasks_owner ON tasks (owner) WHERE state = 'claimed';
 CREATE INDEX tasks_lease ON tasks (expires_at) WHERE state = 'claimed';
 CREATE INDEX tasks_affinity ON tasks (affinity) WHERE affinity IS NOT NULL;

@@ -34,6 +34,7 @@ class PgStore:
         self.lease = lease
         self._db = Database(dsn, self.location, chosen)
         self._supervisors = Supervisors(self._db)
+        self._due: tuple[int, float | None] = (-1, None)  # (Database.writes, next_due) of the last claim
         self.shared = self._supervisors.shared  # whether several supervisors may run at once
 
     def __repr__(self) -> str:
@@ -141,15 +142,21 @@ class PgStore:
         queue order), each with a fresh counter. Never an overdue one: every promise past its
         deadline is timed out instead, before this returns."""
         at = time.time() if now is None else now
-        expires = at + (self.lease if lease is None else lease)
-        if limit <= 0:
-            return []
-
-        found = self._db.query(queries.CLAIM, {"now": at, "owner": owner, "n": limit, "grace": AFFINITY_GRACE,
-                                        "expires": expires, "changes": self._db.channel(CHANGES)})
+        found = self._db.query(queries.CLAIM, self._claim_args(owner, at, limit, lease))
+        self._due = (self._db.writes, found[0][-2])
         if found[0][-1]:
             self._db.run(lambda tx: writes.time_out(tx, tx.execute(queries.OVERDUE, (at,)).fetchall()))
-        return [Claim(rows.promise(r), r[11], r[12], owner, expires) for r in found if r[0] is not None]
+        return self._claims(found, owner)
+
+    def _claim_args(self, owner: str, now: float, limit: int, lease: float | None) -> dict[str, Any]:
+        expires = now + (self.lease if lease is None else lease)
+        return {"now": now, "owner": owner, "n": max(0, limit), "grace": AFFINITY_GRACE, "expires": expires,
+                "changes": self._db.channel(CHANGES)}
+
+    @staticmethod
+    def _claims(found: list[Any], owner: str) -> list[Claim]:
+        """The claims of a CLAIM statement's rows (its NULL row, when nothing was claimed, is none)."""
+        return [Claim(rows.promise(r), r[11], r[12], owner, r[13]) for r in found if r[0] is not None]
 
     def heartbeat(self, owner: str, now: float | None = None, *, lease: float | None = None,
                   ids: Sequence[str] | None = None) -> int:
@@ -203,29 +210,28 @@ class PgStore:
             if not done.state.settled:
                 raise ValueError("complete needs a final state")
         at = time.time() if now is None else now
-
-        def body(tx: Tx) -> list[Promise | StaleClaim]:
-            first = list({d.id: d for d in reversed(completions)}.values())[::-1]
-            settled = writes.complete(tx, first, at)
-            stale = {d.id for d in completions if d.id not in settled}
-            found = {} if not stale else {r[0]: r[1:] for r in tx.execute(
-                "SELECT id, state, counter FROM tasks WHERE id = ANY(%s)", (list(stale),)).fetchall()}
-            outcomes: list[Promise | StaleClaim] = []
-            for done in completions:
-                promise = settled.pop(done.id, None)  # a second completion of it in this batch is stale
-                reason = ("the promise is settled or has no task" if done.id not in found
-                          else "the task is {} at counter {}".format(*found[done.id]))
-                outcomes.append(promise or StaleClaim(done.id, done.counter, reason))
-            return outcomes
-
-        return self._db.run(body)
+        return self._db.run(lambda tx: _completed(tx, completions, at))
 
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
                            now: float | None = None, *, lease: float | None = None
                            ) -> tuple[list[Promise | StaleClaim], list[Claim]]:
-        """complete_many, then claim: two transactions, since a database has no fdatasync per
-        call for one to share."""
-        return self.complete_many(completions, now), self.claim(owner, now, limit=limit, lease=lease)
+        """complete_many and claim up to `limit` for `owner`, in one transaction. The claims are
+        picked before the settles apply, so a workflow they wake is claimed by the next call."""
+        for done in completions:
+            if not done.state.settled:
+                raise ValueError("complete needs a final state")
+        at = time.time() if now is None else now
+
+        def body(tx: Tx) -> tuple[list[Promise | StaleClaim], list[Any]]:
+            found = tx.execute(queries.CLAIM, self._claim_args(owner, at, limit, lease)).fetchall()
+            outcomes = _completed(tx, completions, at)
+            if found[0][-1]:  # overdue promises: those the completions did not settle time out now
+                writes.time_out(tx, tx.execute(queries.OVERDUE, (at,)).fetchall())
+            return outcomes, found
+
+        outcomes, found = self._db.run(body)
+        self._due = (self._db.writes, found[0][-2])
+        return outcomes, self._claims(found, owner)
 
     def suspend(self, promise_id: str, counter: int, awaiting: Sequence[str],
                 now: float | None = None, *, creates: Sequence[NewPromise] = (),
@@ -350,7 +356,12 @@ class PgStore:
         return self._db.run(body)
 
     def next_due(self) -> float | None:
-        """When the earliest delayed task (a retry's backoff) becomes claimable."""
+        """When the earliest delayed task (a retry's backoff) becomes claimable: as the last
+        claim saw it, if this handle wrote nothing since (the caller watches TIMERS for the
+        others' writes), else read now."""
+        written, due = self._due
+        if written == self._db.writes:
+            return due
         return self._db.query("SELECT min(not_before) FROM tasks WHERE state = 'ready' AND not_before > %s",
                               (time.time(),))[0][0]
 
@@ -455,3 +466,20 @@ class PgStore:
     def lock_holders(self) -> list[int]:
         """No process holds a lock on the whole store: rows are locked, for a transaction."""
         return []
+
+
+def _completed(tx: Tx, completions: Sequence[Completion], now: float) -> list[Promise | StaleClaim]:
+    """Settle the current ones of `completions` (writes.complete); a stale one, or a second
+    completion of one id, is its StaleClaim, saying why."""
+    first = list({d.id: d for d in reversed(completions)}.values())[::-1]
+    settled = writes.complete(tx, first, now)
+    stale = {d.id for d in completions if d.id not in settled}
+    found = {} if not stale else {r[0]: r[1:] for r in tx.execute(
+        "SELECT id, state, counter FROM tasks WHERE id = ANY(%s)", (list(stale),)).fetchall()}
+    outcomes: list[Promise | StaleClaim] = []
+    for done in completions:
+        promise = settled.pop(done.id, None)  # a second completion of it in this batch is stale
+        reason = ("the promise is settled or has no task" if done.id not in found
+                  else "the task is {} at counter {}".format(*found[done.id]))
+        outcomes.append(promise or StaleClaim(done.id, done.counter, reason))
+    return outcomes
