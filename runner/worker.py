@@ -42,6 +42,7 @@ from runner.store import (
     normalize,
 )
 
+from .children import Children
 from .context import Context, Current, set_current
 from .error_values import error_value
 from .errors import NonDeterminism, RunnerError
@@ -396,11 +397,8 @@ class Worker:
 
     def _replay(self, claim: Claim, entry: Registered) -> WorkflowRun | None:
         recorded = self.store.children(claim.id)
-        # A settled promise never changes: the replay reads those from this one listing, and
-        # only the others from the store (on a database, one round trip per child otherwise).
-        settled = {p.id: p for p in recorded if p.settled}
         ctx = Context(claim.promise, recorded, self.registry,
-                      lambda pid: settled.get(pid) or self.store.get(pid))
+                      Children(self.store, claim.id, recorded).lookup)
         try:
             coro = entry.fn(ctx, *claim.promise.args)
         except Exception as exc:  # wrong arguments for the function, say
