@@ -90,7 +90,8 @@ def wait(store: PromiseStore, location: StoreLocation, registry: Registry, promi
             on_change()
             if settled(promise):
                 return promise
-            if store.lock_supervisor():
+            # On a store several supervisors share, one that runs serves us: no need for our own.
+            if not (store.shared and store.supervisor() is not None) and store.lock_supervisor():
                 supervisor = Supervisor(store, location, registry, workers=workers,
                                         concurrency=concurrency)
 

@@ -16,6 +16,11 @@ def owner_id(pid: int, supervisor: str | None = None) -> str:
     return owner if supervisor is None else f"{owner}+{supervisor}"
 
 
+def is_owner(owner: str, pid: int, started: float) -> bool:
+    """Whether `owner` names the process of this pid and start time (whatever supervisor it names)."""
+    return owner.split("+", 1)[0] == f"{pid}@{started:.2f}"
+
+
 def owner_supervisor(owner: str | None) -> str | None:
     """The supervisor id an owner name carries, or None (a directory store's owners carry none)."""
     if owner is None or "+" not in owner:

@@ -2,7 +2,8 @@
 
 Installing fanout-runner registers this plugin (entry point `pytest11`); nothing to enable.
 
-- `runner_store`: a fresh store directory under the test's tmp_path.
+- `runner_store`: a fresh store directory under the test's tmp_path (override it to
+  return a postgresql:// URL, a fresh `?schema=` per test, to test on PostgreSQL).
 - `runner_app`: the app modules, from `--runner-app MODULE` (repeatable), else the ini
   option `runner_app`, else what the CLI would find ($RUNNER_APP, `[tool.runner] app`).
   Override the fixture to choose in code.

@@ -20,6 +20,7 @@ import math
 import os
 import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -105,8 +106,9 @@ class Supervisor:
                                                     decide=self.after_death)
                 if released:
                     log.info("took back %d claims of the previous supervisor", len(released))
-            else:  # the others' claims are theirs: those of the dead go back once they lapse
+            else:  # the others' claims are theirs: those of the dead go back when seen or lapsed
                 self.shared.join()
+                self.shared.start_beating(lambda: self.location.open(lease=self.lease))
             # The code may have been fixed since they were parked: let each replay again.
             resumed = self.store.unpark(None)
             if resumed:
@@ -114,9 +116,8 @@ class Supervisor:
             self._loop(until, wake_on)
         finally:
             if self.shared is not None:
-                with contextlib.suppress(*UNREACHABLE):
-                    self.shared.leave()
-            self.store.unlock_supervisor()
+                self.shared.stop_beating()
+            self.store.unlock_supervisor()  # on a shared store, retires our id: nobody waits out our lapse
 
     def _loop(self, until: Callable[[], bool] | None, wake_on: Sequence[str]) -> None:
         # Embedded in an invoke, a store that cannot be written ends the wait (exit 3);
@@ -405,11 +406,12 @@ class Supervisor:
                 os.kill(pid, sig)
 
     def _publish(self) -> None:
-        """Describe us for `runner status`; a full disk leaves the last description in place."""
-        with contextlib.suppress(OSError):
+        """Describe us for `runner status`; a full disk (or a store out of reach) leaves the last
+        description in place."""
+        with contextlib.suppress(OSError, *UNREACHABLE):
             self.store.publish_supervisor({
                 "pid": os.getpid(), "started": self.started, "workers": sorted(self.workers),
-                "id": None if self.shared is None else self.shared.sid,
+                "id": None if self.shared is None else self.shared.sid, "host": socket.gethostname(),
                 "owners": {str(pid): owner for pid, (owner, _) in self.workers.items()},
                 "concurrency": self.concurrency,
             })

@@ -391,8 +391,12 @@ class Worker:
                     resume_hint(claim.id))
 
     def _replay(self, claim: Claim, entry: Registered) -> WorkflowRun | None:
-        ctx = Context(claim.promise, self.store.children(claim.id), self.registry,
-                      lambda pid: self.store.get(pid))
+        recorded = self.store.children(claim.id)
+        # A settled promise never changes: the replay reads those from this one listing, and
+        # only the others from the store (on a database, one round trip per child otherwise).
+        settled = {p.id: p for p in recorded if p.settled}
+        ctx = Context(claim.promise, recorded, self.registry,
+                      lambda pid: settled.get(pid) or self.store.get(pid))
         try:
             coro = entry.fn(ctx, *claim.promise.args)
         except Exception as exc:  # wrong arguments for the function, say

@@ -83,15 +83,18 @@ class DirStore(Replica):
     def supervisor_beats(self) -> dict[str, float]:
         return {}
 
-    def retire_supervisor(self, sid: str) -> bool:
-        return False
+    def retire_supervisor(self, sid: str) -> dict[str, Any] | None:
+        return None
 
-    def lock_sweeper(self) -> bool:
+    def lock_sweeper(self, lapse: float) -> bool:
         return True
 
     def supervisors(self) -> list[dict[str, Any]]:
         info = self.supervisor()
         return [] if info is None else [info]
+
+    def lost_supervisors(self) -> list[dict[str, Any]]:
+        return []
 
     # -- promises -----------------------------------------------------------------
 

@@ -44,7 +44,10 @@ class SharedSupervisors(Protocol):
     workers' claims back. Retiring is final: a retired id's beat answers False and
     never brings it back, and only one caller's retire answers True, so the claims are
     given back once. Timers, deadlines and leases are swept by the holder of the sweep
-    lock, one supervisor at a time; the lock is lost with its holder's connection.
+    lock, one supervisor at a time; the lock is lost with its holder's connection, or
+    when its holder's beat lapses. A supervisor whose connection is gone is not dead for
+    that (a partition may heal): only its lapse, or its pid found gone on its own host,
+    declares it dead.
 
     The directory store has one supervisor (lock_supervisor): it says `shared = False`
     and implements these trivially.
@@ -55,9 +58,14 @@ class SharedSupervisors(Protocol):
     def join_supervisor(self, sid: str) -> None: ...  # a new id, beating from now
     def beat_supervisor(self, sid: str) -> bool: ...  # False: retired (declared dead)
     def supervisor_beats(self) -> dict[str, float]: ...  # live id -> seconds since its last beat
-    def retire_supervisor(self, sid: str) -> bool: ...  # True if this call retired it
-    def lock_sweeper(self) -> bool: ...  # hold (or keep) the sweep lock; False: another holds it
+    # Its last description if this call retired it (only one call does); else None.
+    def retire_supervisor(self, sid: str) -> dict[str, Any] | None: ...
+    # Hold (or keep) the sweep lock; False: another holds it. A holder whose last beat is
+    # older than `lapse` (cut off, its connection held open) loses it to the next caller.
+    def lock_sweeper(self, lapse: float) -> bool: ...
     def supervisors(self) -> list[dict[str, Any]]: ...  # every live one's publish_supervisor info
+    # Those not retired whose own connection is gone (dead, or cut off), as they last said.
+    def lost_supervisors(self) -> list[dict[str, Any]]: ...
 
 
 class PromiseStore(SharedSupervisors, Protocol):

@@ -370,9 +370,11 @@ def main(sections: Sequence[Section] = SECTIONS) -> int:
 
 def all_sections() -> list[Section]:
     from tests.bench_history import SECTIONS as HISTORY  # a long history's rows follow the store's
+    from tests.bench_pg import SECTIONS as POSTGRES  # then PostgreSQL beside the directory store
+    from tests.bench_pg_multi import SECTIONS as PG_MULTI  # several supervisors on one PostgreSQL
     from tests.bench_runner import SECTIONS as RUNNER  # then the runner's
 
-    return [*SECTIONS, *HISTORY, *RUNNER]
+    return [*SECTIONS, *HISTORY, *RUNNER, *POSTGRES, *PG_MULTI]
 
 
 def chosen(names: Sequence[str]) -> list[Section]:

@@ -26,9 +26,9 @@ from runner.store import (
     CHANGES,
     TIMER,
     TIMER_DUE,
-    DirStore,
     NewPromise,
     Promise,
+    PromiseStore,
     open_history,
     open_store,
     settled_topic,
@@ -42,19 +42,20 @@ APPS = ",".join(["examples.notify", "examples.fan_out", "examples.fanout_rpc", "
 
 
 @contextlib.contextmanager
-def supervisor(workers: int, base: Path) -> Iterator[tuple[DirStore, Path]]:
-    """A `runner start` on a fresh store, ready when all its workers are up."""
+def supervisor(workers: int, base: Path, url: str | None = None) -> Iterator[tuple[PromiseStore, Path]]:
+    """A `runner start` on a fresh store (a directory under `base`, or the PostgreSQL store at
+    `url`), ready when all its workers are up."""
     store_dir = Path(tempfile.mkdtemp(dir=base)) / "store"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_OUTBOX": str(store_dir.parent / "outbox.jsonl"),
            "RUNNER_APP": APPS}
     proc = subprocess.Popen([sys.executable, "-m", "runner", "start", "--workers", str(workers),
-                             "--store", str(store_dir)], env=env, cwd=ROOT, start_new_session=True,
+                             "--store", url or str(store_dir)], env=env, cwd=ROOT, start_new_session=True,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while not store_dir.joinpath("FORMAT").exists() and time.monotonic() < deadline:
+        while url is None and not store_dir.joinpath("FORMAT").exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        store = open_store(str(store_dir))
+        store = open_store(url or str(store_dir))
         while len((store.supervisor() or {}).get("workers", [])) < workers:
             if time.monotonic() > deadline:
                 raise RuntimeError("supervisor did not start")
@@ -66,7 +67,8 @@ def supervisor(workers: int, base: Path) -> Iterator[tuple[DirStore, Path]]:
         proc.wait()
 
 
-def run_root(store: DirStore, promise_id: str, func: str, args: list[Any], timeout: float = 300) -> Promise:
+def run_root(store: PromiseStore, promise_id: str, func: str, args: list[Any],
+             timeout: float = 300) -> Promise:
     watch = store.watch(settled_topic(promise_id))
     try:
         store.create([NewPromise(promise_id, func, args)])
@@ -138,11 +140,11 @@ def kill_recovery(b: Bench) -> list[Row]:
                 p99_ms=max(delays), target="<= 100 ms", result=_verdict(median <= 100))]
 
 
-def _owner_of(store: DirStore, promise_id: str) -> str | None:
+def _owner_of(store: PromiseStore, promise_id: str) -> str | None:
     return next((t.owner for t in store.claims() if t.id == promise_id), None)
 
 
-def _wait_for(store: DirStore, watch: Any, probe: Any, timeout: float = 60) -> Any:
+def _wait_for(store: PromiseStore, watch: Any, probe: Any, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while (found := probe()) is None:
         if time.monotonic() > deadline:

@@ -1,10 +1,12 @@
 """A TCP forwarder on loopback whose link a test cuts and restores: a network partition.
 
 One process (a supervisor and its workers) reaches the database through it; `cut()`
-closes every connection it carries, both ends, and refuses new ones until `heal()`.
-Closing rather than holding them is what a partition looks like to both sides once
-their TCP gives up: the server ends the sessions (their advisory locks go with them)
-and the client's calls fail at once instead of hanging.
+closes every connection it carries, both ends, and refuses new ones until `heal()`:
+what a partition looks like to both sides once their TCP gives up (the server ends
+the sessions, their advisory locks with them; the client's calls fail at once).
+`blackhole()` is the nastier partition: connections stay open and nothing moves,
+each side waiting on the other, until `heal()` lets the held bytes through (new
+connections wait too), so a call cut off mid-flight lands late.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class LinkProxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()  # both ends of every forwarded connection
         self._up = True
+        self._flowing = threading.Event()  # cleared while blackholed
+        self._flowing.set()
         self._closed = False
         self.events: list[tuple[str, float]] = []  # ("cut" | "heal", time.time())
         self.refused = 0  # connections turned away while cut
@@ -50,9 +54,16 @@ class LinkProxy:
         for sock in doomed:
             _close(sock)
 
+    def blackhole(self) -> None:
+        """Stop every byte, both ways, on every connection (and new ones), closing none."""
+        with self._lock:
+            self._flowing.clear()
+            self.events.append(("blackhole", time.time()))
+
     def heal(self) -> None:
         with self._lock:
             self._up = True
+            self._flowing.set()
             self.events.append(("heal", time.time()))
 
     def connections(self) -> int:
@@ -62,6 +73,7 @@ class LinkProxy:
 
     def close(self) -> None:
         self._closed = True
+        self._flowing.set()
         self.cut()
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
@@ -84,6 +96,7 @@ class LinkProxy:
             self._forward(client)
 
     def _forward(self, client: socket.socket) -> None:
+        self._flowing.wait()  # blackholed: the connection is accepted, and waits
         with self._lock:
             up = self._up and not self._closed
         if not up:
@@ -109,9 +122,11 @@ class LinkProxy:
         """Copy one direction until either end closes; then close both."""
         try:
             while data := src.recv(CHUNK):
+                self._flowing.wait()  # blackholed: held here (the kernel's buffers fill, then stall)
                 dst.sendall(data)
         except OSError:
             pass
+        self._flowing.wait()  # an end blackholed is held too: the other side learns of it at the heal
         with self._lock:
             self._open -= {src, dst}
         _close(src)

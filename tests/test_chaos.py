@@ -178,6 +178,9 @@ def test_bad_usage_exits_2() -> None:
     bad = chaos("--kill-after", "2 fortnights")
     assert bad.returncode == 2 and "is not a duration" in bad.stderr
     assert chaos("--seed", "3").returncode == 2
+    peer = chaos("--target", "one-of-two")  # a directory store has one supervisor
+    assert peer.returncode == 2 and "needs a store several supervisors share" in peer.stderr
+    assert len(peer.stderr.strip().splitlines()) == 1
 
 
 # -- units -----------------------------------------------------------------------------
@@ -202,6 +205,9 @@ def test_random_plans_replay_from_the_seed_and_take_turns() -> None:
     assert first == again
     assert [p.target for p in first[:3]] == ["workers", "supervisor", "store-write"]
     assert first[2].crash_at and ":" in first[2].crash_at
+    shared = [random_plan(random.Random(5), i, shared=True) for i in range(3)]
+    assert [(p.target, p.supervisors, p.crash_at) for p in shared] == [
+        ("workers", 1, None), ("supervisor", 1, None), ("one-of-two", 2, None)]
 
 
 T0 = 1000.0

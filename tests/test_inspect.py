@@ -150,7 +150,8 @@ def test_tree_of_a_finished_run(done_store: Path) -> None:
 
 def test_status_without_a_supervisor(done_store: Path) -> None:
     data = json_of(cli_in(done_store, "status", "--json"))
-    assert set(data) == {"store", "supervisor", "workers", "unowned_claims", "queue", "promises", "parked"}
+    assert set(data) == {"store", "supervisor", "supervisors", "workers", "unowned_claims", "queue",
+                         "promises", "parked"}
     assert data["supervisor"] is None and data["workers"] == [] and data["unowned_claims"] == []
     assert data["queue"] == {"ready": 0, "claimed": 0, "waiting": 0, "delayed": 0, "parked": 0}
     assert set(data["promises"]) == STATES and data["promises"]["resolved"] == 10

@@ -70,3 +70,21 @@ def test_url_points_at_the_proxy() -> None:
         assert proxy.url("postgresql://root@127.0.0.1:5432/test?schema=s") == \
             f"postgresql://root@127.0.0.1:{proxy.port}/test?schema=s"
         assert proxy.url("postgresql://localhost/db") == f"postgresql://127.0.0.1:{proxy.port}/db"
+
+
+def test_a_blackhole_holds_the_bytes_until_the_link_heals(echo: tuple[str, int]) -> None:
+    with LinkProxy(echo) as proxy:
+        held = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        held.sendall(b"one")
+        assert held.recv(3) == b"one"
+
+        proxy.blackhole()
+        held.sendall(b"two")
+        held.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            held.recv(3)  # nothing comes back while blackholed, and nothing is closed
+        proxy.heal()
+        held.settimeout(5)
+        assert held.recv(3) == b"two"  # the held bytes land late
+        held.close()
+        assert [kind for kind, _ in proxy.events] == ["blackhole", "heal"]

@@ -5,6 +5,7 @@ The rules both stores share run on both in test_store*.py and test_store_model.p
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,7 @@ from runner.store import (
     redact,
     settled_topic,
 )
+from tests.e2e_support import APPS
 from tests.helpers import (
     PG_DATABASE,
     REPO_ROOT,
@@ -31,6 +33,7 @@ from tests.helpers import (
     kill_group,
     new_pg_schema,
     pg_unreachable,
+    run_cli,
 )
 
 pytestmark = pytest.mark.skipif(pg_unreachable() is not None, reason=str(pg_unreachable()))
@@ -184,3 +187,31 @@ def test_a_process_killed_mid_transaction_leaves_nothing_half_written(url: str) 
     assert done.state is State.REJECTED
     assert store.children("parent") == [] and store.stats().by_state["pending"] == 0
     store.close()
+
+
+def test_runner_status_and_errors_never_show_the_password(url: str) -> None:
+    with_password = url.replace("root@", "root:hunter2@")  # trust auth: the password is ignored
+    done = run_cli("invoke", "factorial", "--arg", "3", "--store", with_password, env={"RUNNER_APP": APPS})
+    assert done.returncode == 0, done.stderr
+    status = run_cli("status", "--json", "--store", with_password)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["store"] == url.replace("root@", "root:***@")
+    refused = run_cli("status", "--store", "postgresql://root:hunter2@127.0.0.1:1/test")
+    assert refused.returncode == 3 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "hunter2" not in refused.stderr + refused.stdout and "root:***@" in refused.stderr
+
+
+def test_without_the_driver_a_command_on_a_url_is_one_line_naming_the_extra() -> None:
+    code = "import sys; sys.modules['psycopg'] = None; from runner.cli import main; main()"
+    done = subprocess.run([sys.executable, "-c", code, "status", "--store", "postgresql:///test"],
+                          cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert done.stderr == ("runner: error: postgresql:///test needs the PostgreSQL driver: "
+                           "pip install 'fanout-runner[postgres]'\n")
+
+
+def test_history_on_a_url_is_one_clear_error(url: str) -> None:
+    from runner import Client
+
+    with Client(url) as client, pytest.raises(StoreUnavailable, match="keeps no log of executions"):
+        client.history("any")

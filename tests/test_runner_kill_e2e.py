@@ -58,40 +58,40 @@ def resumed_after(ws: Workspace, root: str) -> float:
     return gap
 
 
-def test_sigkill_of_the_worker_running_a_branch_reruns_that_branch_alone(ws: Workspace) -> None:
-    supervisor = ws.start(workers=2)
-    submit_notify(ws, "kw")
-    victim = owner_pid(push_in_flight(ws, "kw"))
+def test_sigkill_of_the_worker_running_a_branch_reruns_that_branch_alone(any_ws: Workspace) -> None:
+    supervisor = any_ws.start(workers=2)
+    submit_notify(any_ws, "kw")
+    victim = owner_pid(push_in_flight(any_ws, "kw"))
     killed_at = time.time()
     os.kill(victim, signal.SIGKILL)
 
-    result = attach(ws, "kw")
+    result = attach(any_ws, "kw")
     assert result["channels_notified"] == 4
-    assert ws.deliveries() == {channel: 1 for channel in CHANNELS}
-    push = next(line for line in ws.sends() if line["channel"] == "push")
+    assert any_ws.deliveries() == {channel: 1 for channel in CHANNELS}
+    push = next(line for line in any_ws.sends() if line["channel"] == "push")
     assert push["pid"] != victim and push["promise_id"] == "kw.3"
-    assert all(line["time"] < killed_at for line in ws.sends() if line["channel"] != "push")
+    assert all(line["time"] < killed_at for line in any_ws.sends() if line["channel"] != "push")
     # The outbox line is written after push's delay: its start is that time minus its duration.
     rerun_after = push["time"] - result["results"][3]["ms"] / 1000 - killed_at
     print(f"\npush ran again {rerun_after * 1000:.0f} ms after its worker's SIGKILL (target 100 ms)")
     assert rerun_after < 1.0
 
     def replaced() -> bool:
-        workers = ws.supervisor().get("workers", [])
+        workers = any_ws.supervisor().get("workers", [])
         return len(workers) == 2 and victim not in workers
 
     wait_until(replaced, timeout=10, message="the killed worker was not replaced")
     assert gone(victim) and supervisor.poll() is None
-    assert resumed_after(ws, "kw") < 0.5, "the workflow waited for the worker that died"
+    assert resumed_after(any_ws, "kw") < 0.5, "the workflow waited for the worker that died"
 
 
 @pytest.mark.parametrize("kill", ["process group", "supervisor alone"])
-def test_sigkill_of_the_supervisor_then_a_restart_completes_the_run(ws: Workspace, kill: str) -> None:
+def test_sigkill_of_the_supervisor_then_a_restart_completes_the_run(any_ws: Workspace, kill: str) -> None:
     """Push reruns after the restart; email, SMS and Slack, settled before the kill, do not."""
-    first = ws.start(workers=2, name="first")
-    submit_notify(ws, "ks")
-    push_owner = owner_pid(push_in_flight(ws, "ks"))
-    workers = ws.supervisor()["workers"]
+    first = any_ws.start(workers=2, name="first")
+    submit_notify(any_ws, "ks")
+    push_owner = owner_pid(push_in_flight(any_ws, "ks"))
+    workers = any_ws.supervisor()["workers"]
     assert push_owner in workers
     if kill == "process group":
         kill_group(first)
@@ -102,20 +102,20 @@ def test_sigkill_of_the_supervisor_then_a_restart_completes_the_run(ws: Workspac
         wait_until(lambda: all(gone(pid) for pid in workers), timeout=5,
                    message=lambda: f"orphaned workers outlived their supervisor: {workers}")
     assert all(gone(pid) for pid in [first.pid, *workers])
-    assert ws.deliveries() == {"email": 1, "sms": 1, "slack": 1}
-    assert not ws.settled("ks.3")
+    assert any_ws.deliveries() == {"email": 1, "sms": 1, "slack": 1}
+    assert not any_ws.settled("ks.3")
 
     restarted_at = time.time()
-    ws.start(workers=2, name="second")
-    result = attach(ws, "ks")
+    any_ws.start(workers=2, name="second")
+    result = attach(any_ws, "ks")
 
     assert result["channels_notified"] == 4
-    assert ws.deliveries() == {channel: 1 for channel in CHANNELS}
-    push = next(line for line in ws.sends() if line["channel"] == "push")
+    assert any_ws.deliveries() == {channel: 1 for channel in CHANNELS}
+    push = next(line for line in any_ws.sends() if line["channel"] == "push")
     assert push["pid"] not in workers
     rerun_after = push["time"] - result["results"][3]["ms"] / 1000 - restarted_at
     print(f"\npush ran again {rerun_after * 1000:.0f} ms after `runner start` was launched")
-    assert resumed_after(ws, "ks") < 0.5, "the workflow waited for a worker of the dead generation"
+    assert resumed_after(any_ws, "ks") < 0.5, "the workflow waited for a worker of the dead generation"
 
 
 def test_a_second_supervisor_on_the_store_exits_3_with_one_line(ws: Workspace) -> None:

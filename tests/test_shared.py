@@ -7,7 +7,12 @@ real supervisors, SIGKILL and a cut network link.
 
 from __future__ import annotations
 
+import itertools
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +21,16 @@ import pytest
 from runner.owners import owner_id, owner_pid, owner_supervisor
 from runner.shared import BEATS_PER_LAPSE, SharedSupervision
 from runner.store import DirStore, StoreUnavailable, Task, TaskState
+from tests.helpers import wait_until
 
 LAPSE = 4.0
+
+
+def psutil_gone_pid() -> int:
+    """The pid of a process that ran and was reaped (too recent to be anyone's yet)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 class FakeShared:
@@ -30,7 +43,13 @@ class FakeShared:
         self.beats: dict[str, float] = {}
         self.owned: dict[str, str] = {}  # promise id -> owner
         self.released: list[tuple[str, str | None]] = []  # (owner, how)
+        self.infos: dict[str, dict[str, Any]] = {}  # what each supervisor last published
+        self.lost: set[str] = set()  # ids whose connection is gone
         self.down = False
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
     def _up(self) -> None:
         if self.down:
@@ -51,9 +70,13 @@ class FakeShared:
         self._up()
         return {sid: self.now - beat for sid, beat in self.beats.items()}
 
-    def retire_supervisor(self, sid: str) -> bool:
+    def lost_supervisors(self) -> list[dict[str, Any]]:
         self._up()
-        return self.beats.pop(sid, None) is not None
+        return [self.infos[sid] for sid in sorted(self.lost) if sid in self.beats]
+
+    def retire_supervisor(self, sid: str) -> dict[str, Any] | None:
+        self._up()
+        return self.infos.get(sid, {"id": sid}) if self.beats.pop(sid, None) is not None else None
 
     def claims(self) -> list[Task]:
         self._up()
@@ -76,7 +99,7 @@ class Handle:
         self._store = store
         self._sweeper = sweeper
 
-    def lock_sweeper(self) -> bool:
+    def lock_sweeper(self, lapse: float) -> bool:
         self._store._up()
         return self._sweeper
 
@@ -92,11 +115,14 @@ def supervision(store: FakeShared, *, sweeper: bool = False) -> SharedSupervisio
 
 
 def advance(store: FakeShared, seconds: float, *beating: SharedSupervision) -> None:
-    """Move the clock in small steps, each supervisor in `beating` ticking as it goes."""
+    """Move the clock in small steps, each supervisor in `beating` beating (as its thread
+    would, every quarter of the lapse) and ticking as it goes."""
     end = store.now + seconds
     while store.now < end:
         store.now = min(end, store.now + 0.25)
         for shared in beating:
+            if store.now % (LAPSE / BEATS_PER_LAPSE) < 0.25:
+                shared.beat(shared.store)
             assert shared.tick()
 
 
@@ -124,6 +150,31 @@ def test_a_lapsed_supervisors_claims_go_back_once_and_the_live_ones_keep_theirs(
     assert len(store.released) == 1  # once
 
 
+def test_a_dead_supervisors_workers_are_given_back_even_holding_no_claim() -> None:
+    store = FakeShared()
+    sweeper, quiet = supervision(store, sweeper=True), supervision(store)
+    idle = quiet.owner(os.getpid())  # it may keep a waiting workflow in memory (affinity)
+    store.infos[quiet.sid] = {"id": quiet.sid, "owners": {str(os.getpid()): idle}}
+    advance(store, LAPSE + 0.5, sweeper)
+    assert [owner for owner, _ in store.released] == [idle]
+
+
+def test_one_seen_dead_on_this_host_is_retired_at_once_one_cut_off_waits_out_its_lapse() -> None:
+    store = FakeShared()
+    sweeper = supervision(store, sweeper=True)
+    gone_pid = psutil_gone_pid()
+    here = socket.gethostname()
+    peers = [("dead", gone_pid, here), ("alive", os.getpid(), here), ("elsewhere", gone_pid, "other")]
+    for sid, pid, host in peers:
+        store.beats[sid] = store.now
+        store.infos[sid] = {"id": sid, "pid": pid, "host": host, "started": time.time()}
+        store.lost.add(sid)
+    advance(store, 0.5, sweeper)
+    assert set(store.beats) == {sweeper.sid, "alive", "elsewhere"}  # seen dead, not guessed
+    advance(store, LAPSE, sweeper)
+    assert set(store.beats) == {sweeper.sid}  # the others waited out their lapse
+
+
 def test_only_the_sweeper_declares_the_dead() -> None:
     store = FakeShared()
     other, quiet = supervision(store), supervision(store)
@@ -139,6 +190,7 @@ def test_a_retired_supervisor_finds_out_at_its_next_beat_and_rejoins_under_a_new
     advance(store, LAPSE + 0.5, sweeper)  # `cut` cannot beat
     assert old not in store.beats
     store.now += LAPSE / BEATS_PER_LAPSE
+    cut.beat(cut.store)
     assert cut.tick() is False  # its beat does not bring it back
     assert old not in store.beats
     assert cut.rejoin() == old and cut.sid != old and cut.sid in store.beats
@@ -162,6 +214,7 @@ def test_a_store_out_of_reach_is_waited_out(sweeper: bool) -> None:
     advance(store, 1.0, shared)
     store.down = True
     store.now += LAPSE
+    shared.beat(shared.store)  # fails, and is said so
     assert shared.tick() is True and not shared.sweeping
     store.down = False
     store.now += 1.0
@@ -175,9 +228,41 @@ def test_the_directory_store_has_one_supervisor_who_sweeps_alone(tmp_path: Path)
         assert store.lock_supervisor()
         store.publish_supervisor({"pid": os.getpid()})
         store.join_supervisor("abc")
-        assert store.beat_supervisor("abc") and store.lock_sweeper()
-        assert store.supervisor_beats() == {} and store.retire_supervisor("abc") is False
+        assert store.beat_supervisor("abc") and store.lock_sweeper(1.0)
+        assert store.supervisor_beats() == {} and store.retire_supervisor("abc") is None
         assert store.supervisors() == [{"pid": os.getpid()}]
     finally:
         store.unlock_supervisor()
         store.close()
+
+
+def test_beats_go_on_on_their_own_thread_while_the_loop_is_busy() -> None:
+    store = FakeShared()
+    shared = SharedSupervision(Handle(store, False), 1.0, lambda *_: 0.0)  # type: ignore[arg-type]
+    shared.join()
+    beaten: list[float] = []
+
+    class Beats(Handle):
+        def beat_supervisor(self, sid: str) -> bool:
+            beaten.append(time.monotonic())
+            return self._store.beat_supervisor(sid)
+
+    shared.start_beating(lambda: Beats(store, False))  # type: ignore[arg-type, return-value]
+    try:
+        wait_until(lambda: len(beaten) >= 3, timeout=5)  # nobody ticks: the loop is "busy"
+    finally:
+        shared.stop_beating()
+    assert store.closed  # the thread's own handle
+    assert all(b - a > 0.1 for a, b in itertools.pairwise(beaten))  # paced (a quarter lapse), not spinning
+    store.beats.clear()  # retired meanwhile
+    shared.beat(Beats(store, False))  # type: ignore[arg-type]
+    assert shared.tick() is False
+
+
+def test_the_next_tick_is_due_at_the_next_look_and_for_the_sweeper_at_the_next_orphan_scan() -> None:
+    store = FakeShared()
+    shared, sweeper = supervision(store), supervision(store, sweeper=True)
+    for one in (shared, sweeper):
+        assert one.due() <= store.now  # at once, before the first tick
+        assert one.tick()
+        assert store.now < one.due() <= store.now + 1.0

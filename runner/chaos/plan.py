@@ -19,17 +19,25 @@ if TYPE_CHECKING:
 # of 4 runs up to N = 7 and missed from 8, locked.hold up to 16 and missed at 24. Keep these
 # in step with the runner's writes, or store-write rounds quietly stop killing anything.
 FAILPOINTS = {"append.mid": 6, "append.before_sync": 6, "append.after_sync": 6, "locked.hold": 14}
+# On a store several supervisors share: two run, one is killed with its workers, the
+# other runs its branches once its heartbeat lapses.
+PEER = "one-of-two"
 
 
 @dataclass(frozen=True)
 class Plan:
     """What one round does: whom it kills, when, and how long each channel takes."""
 
-    target: str  # "workers", "supervisor" or "store-write"
+    target: str  # "workers", "supervisor", "store-write" or "one-of-two" (PEER)
     kill_after: float  # seconds after the root is created (for store-write: a backstop)
     delays: dict[str, float]  # the notify scenario's channels; empty for any other function
     crash_at: str | None = None  # RUNNER_STORE_CRASH_AT for the first supervisor
     workers: int = 2
+
+    @property
+    def supervisors(self) -> int:
+        """How many supervisors the round starts: two when it kills one of them."""
+        return 2 if self.target == PEER else 1
 
     def describe(self, *, long: bool = False) -> str:
         if self.crash_at:
@@ -51,8 +59,10 @@ def fixed_plan(kill_after: float, target: str, workers: int = 2, *, timed: bool 
     return Plan(target, kill_after, {ch: round(kill_after * f, 3) for ch, f in share.items()}, None, workers)
 
 
-def random_plan(rng: random.Random, index: int, workers: int = 2, span: float | None = None) -> Plan:
-    """A random instant; targets take turns: workers, supervisor, a store write.
+def random_plan(rng: random.Random, index: int, workers: int = 2, span: float | None = None, *,
+                shared: bool = False) -> Plan:
+    """A random instant; targets take turns: workers, supervisor, a store write (on a shared
+    store, whose writes have no failpoints: one of two supervisors instead).
 
     Without `span`, short random notify delays and an instant among them; with it (any
     other function), no delays and an instant within the first `span` seconds.
@@ -64,16 +74,16 @@ def random_plan(rng: random.Random, index: int, workers: int = 2, span: float | 
     else:
         delays = {}
     longest = max(delays.values()) if span is None else span
-    kind = ("workers", "supervisor", "store-write")[index % 3]
+    kind = ("workers", "supervisor", PEER if shared else "store-write")[index % 3]
     if kind == "store-write":
         point = rng.choice(sorted(FAILPOINTS))
         crash_at = f"{point}:{rng.randint(1, FAILPOINTS[point])}"
         # The failpoint is the kill; a group kill near the end is the backstop if it never fires.
         return Plan(kind, round(longest * 1.05, 3), delays, crash_at, workers)
-    # Killing workers proves something only while a branch is in flight, so their instant
-    # falls before the longest channel ends; a supervisor kill may land anywhere, even
-    # while the workflow itself completes.
-    latest = longest * (0.9 if kind == "workers" else 1.05)
+    # Killing workers (or one of two supervisors) proves something only while a branch is
+    # in flight, so their instant falls before the longest channel ends; a supervisor kill
+    # may land anywhere, even while the workflow itself completes.
+    latest = longest * (1.05 if kind == "supervisor" else 0.9)
     return Plan(kind, round(rng.uniform(0.01, latest), 3), delays, None, workers)
 
 
@@ -108,12 +118,13 @@ class Summary:
 
 
 def plans(rounds: int, *, kill_after: float, target: str, randomize: bool, seed: int,
-          workers: int = 2, timed: bool = True) -> Iterator[Plan]:
-    """The rounds' plans; `timed` for the notify scenario, whose channel delays the plan sets."""
+          workers: int = 2, timed: bool = True, shared: bool = False) -> Iterator[Plan]:
+    """The rounds' plans; `timed` for the notify scenario, whose channel delays the plan sets;
+    `shared` for a store several supervisors share."""
     rng = random.Random(seed)
     span = None if timed else kill_after
     for index in range(rounds):
         if randomize:
-            yield random_plan(rng, index, workers, span)
+            yield random_plan(rng, index, workers, span, shared=shared)
         else:
             yield fixed_plan(kill_after, target, workers, timed=timed)

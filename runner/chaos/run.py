@@ -4,7 +4,9 @@ A round starts a real supervisor (`runner start`) as a separate process, creates
 scenario's run (the notify workflow, whose channel delays straddle the kill instant, or
 any registered function with the given arguments), and kills: the workers holding the
 run's claims, the supervisor with all its workers, or whichever process first reaches a
-store failpoint (a SIGKILL inside a store write). It restarts what is needed and waits
+store failpoint (a SIGKILL inside a store write); on a store several supervisors share,
+it may start two and kill one with its workers, and the other takes over its branches
+once its heartbeat lapses. It restarts what is needed and waits
 for the run to finish. While the run goes, the harness watches the store's claims (who
 ran what, when, under which fencing counter); afterwards it reads the run's promises and
 the effects journal (runner.effects), which the functions write outside the store, with
@@ -31,13 +33,15 @@ from .. import effects
 from ..errors import RunnerError
 from ..invoke import submit
 from ..location import StoreLocation
-from ..owners import gone, owner_pid
+from ..owners import gone, owner_pid, owner_supervisor
 from ..registry import Registry
 from ..worker import die_with_parent
-from .plan import Plan, Summary
+from .plan import PEER, Plan, Summary
 from .verdict import Evidence, Kill, Report, Scenario, Seen, Snapshot, judge
 
-TARGETS = ("workers", "supervisor")
+TARGETS = ("workers", "supervisor", PEER)
+DEFAULT_LAPSE = 2.0  # the supervisors' heartbeat lapse in a round: short, so a round is short
+TAKEOVER_SLACK = 0.5  # seconds the harness may take to see a branch taken over
 CRASH_ENV = "RUNNER_STORE_CRASH_AT"  # store/faults.py: SIGKILL at the N-th hit of a named point
 POLL = 0.05  # seconds: backstop between looks when no store write woke the harness
 UP_TIMEOUT = 20.0  # seconds for a started supervisor to have all its workers
@@ -56,6 +60,7 @@ class Started:
     launched: float
     up: float = 0.0
     workers: dict[int, str] = field(default_factory=dict)  # pid -> claim owner
+    sid: str | None = None  # its id on a store several supervisors share
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -78,7 +83,8 @@ class Round:
     """One run of the workflow with one kill, observed from outside, then judged."""
 
     def __init__(self, plan: Plan, number: int, location: StoreLocation, workdir: Path, *,
-                 registry: Registry, scenario: Scenario, apps: Sequence[str] = ()) -> None:
+                 registry: Registry, scenario: Scenario, apps: Sequence[str] = (),
+                 lapse: float = DEFAULT_LAPSE) -> None:
         self.plan = plan
         self.number = number
         self.location = location
@@ -86,6 +92,7 @@ class Round:
         self.apps = list(apps)
         self.registry = registry
         self.scenario = scenario
+        self.lapse = lapse
         self.root = f"chaos-{uuid.uuid4().hex[:10]}"
         self.journal = workdir / effects.JOURNAL_NAME
         self.started: list[Started] = []
@@ -108,6 +115,8 @@ class Round:
         snapshot: Snapshot | None = None
         try:
             first = self._launch(self.plan.crash_at)
+            for _ in range(self.plan.supervisors - 1):
+                self._launch(None)
             args = self.scenario.run_args(self.root, self.plan)
             t0 = self._create(args).created_at
             try:
@@ -128,7 +137,7 @@ class Round:
         evidence = Evidence(
             number=self.number, plan=self.plan, root=root, children=children, args=args, t0=t0,
             kill=kill, snapshot=snapshot, seen=list(self.seen.values()), deaths=self.deaths,
-            records=records, restarts=[(s.launched, s.up) for s in self.started[1:]],
+            records=records, restarts=[(s.launched, s.up) for s in self.started[self.plan.supervisors:]],
             store=str(self.location), workdir=str(self.workdir), problems=self.problems, notes=self.notes,
             scenario=self.scenario)
         return judge(evidence)
@@ -176,6 +185,13 @@ class Round:
                    "then SIGKILL of the rest of the supervisor group")
             kill, snapshot = self._kill_group(first, how)
             kill.victim, kill.victim_at = victim, when
+        elif self.plan.target == PEER:
+            peer = self._busiest()
+            kill, snapshot = self._kill_group(peer, "SIGKILL of one of two supervisors and all its "
+                                              "workers; the other takes over")
+            self._late(kill.at - t0)
+            self._takeover(peer, kill.at, snapshot)
+            return kill, snapshot
         elif self.plan.target == "workers":
             kill, snapshot = self._kill_workers(first)
             if not kill.pids:
@@ -188,7 +204,7 @@ class Round:
                 how = f"store failpoint {self.plan.crash_at} never fired; {how}"
             kill, snapshot = self._kill_group(first, how)
             self._late(kill.at - t0)
-        if kill.group:
+        if kill.group:  # (of one of two supervisors: the other takes over, see above)
             self._launch(None)
         return kill, snapshot
 
@@ -198,10 +214,47 @@ class Round:
             self.notes.append(f"the kill came {late:.3f} s after the planned {self.plan.kill_after:.3f} s "
                               "(a busy machine)")
 
+    def _busiest(self) -> Started:
+        """The live supervisor whose workers hold most of the run's claims (the first, if none)."""
+        held = [owner_supervisor(t.owner) for t in self.store.claims() if self._ours(t.id)]
+        live = [s for s in self.started if s.alive()]
+        return max(live, key=lambda s: (held.count(s.sid), -self.started.index(s)))
+
+    def _takeover(self, victim: Started, killed_at: float, snapshot: Snapshot) -> None:
+        """The run's branches the victim held must run elsewhere within the lapse and a second."""
+        held = {pid for pid, owner in snapshot.owners.items() if owner_supervisor(owner) == victim.sid}
+        if not held:
+            self.notes.append("the killed supervisor held no claim of the run")
+            return
+        bound = killed_at + self.lapse + 1.0 + TAKEOVER_SLACK
+        watch = self.store.watch(CHANGES)
+        try:
+            while held:
+                taken = {t.id for t in self._look() if owner_supervisor(t.owner) != victim.sid}
+                held = {pid for pid in held - taken if not self._settled(pid)}
+                if held and time.time() > bound:
+                    self.problems.append(f"{', '.join(sorted(held))} of the killed supervisor did not run "
+                                         f"elsewhere within {self.lapse + 1.0:g} s (lapse {self.lapse:g} s)")
+                    return
+                watch.wait(POLL)
+            after = time.time() - killed_at
+            self.notes.append(f"the other supervisor took over {after:.3f} s after the kill "
+                              f"(lapse {self.lapse:g} s)")
+        finally:
+            watch.close()
+
+    def _settled(self, promise_id: str) -> bool:
+        promise = self.store.get(promise_id)
+        return promise is not None and promise.settled
+
+    def _info(self, pid: int) -> dict[str, Any]:
+        """What the supervisor of this pid published, if it runs on the store."""
+        return next((i for i in self.store.supervisors() if i.get("pid") == pid), {})
+
     def _kill_workers(self, sup: Started) -> tuple[Kill, Snapshot]:
         """SIGKILL the workers holding this run's claims; the supervisor reaps and restarts them."""
-        info = self.store.supervisor() or {}
-        owners = {owner: int(pid) for pid, owner in (info.get("owners") or {}).items()}
+        owners = {owner: int(pid) for info in self.store.supervisors()
+                  for pid, owner in (info.get("owners") or {}).items()}
         snapshot = self._snapshot()
         pids = sorted({owners[o] for o in snapshot.owners.values() if o in owners})
         at = time.time()
@@ -216,7 +269,7 @@ class Round:
 
     def _kill_group(self, sup: Started, how: str) -> tuple[Kill, Snapshot]:
         """SIGKILL the supervisor's whole process group; read the store once all are dead."""
-        info = self.store.supervisor() or {}
+        info = self._info(sup.proc.pid)
         pids = sorted({sup.proc.pid, *sup.workers, *map(int, info.get("workers") or [])})
         at = time.time()
         with contextlib.suppress(ProcessLookupError):
@@ -270,11 +323,13 @@ class Round:
                 return "time"
             watch.wait(min(until - now, POLL))
 
-    def _look(self) -> None:
+    def _look(self) -> list[Task]:
+        """Note the run's claims held now; returns them."""
         now = time.time()
-        for task in self.store.claims():
-            if self._ours(task.id):
-                self._saw(task, now)
+        ours = [task for task in self.store.claims() if self._ours(task.id)]
+        for task in ours:
+            self._saw(task, now)
+        return ours
 
     def _saw(self, task: Task, now: float) -> None:
         seen = self.seen.get((task.id, task.counter))
@@ -293,7 +348,7 @@ class Round:
     def _launch(self, crash_at: str | None) -> Started:
         """Start `runner start` on the store in a session of its own, and wait for its workers."""
         cmd = [sys.executable, "-m", "runner", "start", "--workers", str(self.plan.workers),
-               "--store", self.location.spec, "--log-level", "info"]
+               "--store", self.location.spec, "--log-level", "info", "--lapse", f"{self.lapse}s"]
         for app in self.apps:
             cmd += ["--app", app]
         env = dict(os.environ)
@@ -313,10 +368,11 @@ class Round:
         self.started.append(started)
         deadline = time.monotonic() + UP_TIMEOUT
         while True:
-            info = self.store.supervisor() or {}
-            if info.get("pid") == proc.pid and len(info.get("workers") or ()) >= self.plan.workers:
+            info = self._info(proc.pid)
+            if len(info.get("workers") or ()) >= self.plan.workers:
                 started.up = time.time()
                 started.workers = {int(pid): owner for pid, owner in (info.get("owners") or {}).items()}
+                started.sid = info.get("id")
                 return started
             if crash_at and proc.poll() == -signal.SIGKILL:
                 # The failpoint fired in the supervisor's own start-up write: that is the
@@ -344,14 +400,15 @@ class Round:
 
 
 def run_rounds(plan_list: Iterator[Plan], *, workdir: Path, store: StoreLocation | None, registry: Registry,
-               scenario: Scenario, apps: Sequence[str] = (),
+               scenario: Scenario, apps: Sequence[str] = (), lapse: float = DEFAULT_LAPSE,
                on_report: Callable[[Report], None] = lambda _: None) -> tuple[list[Report], Summary]:
     """Run every round in turn (each in a fresh store unless one is given)."""
     reports, summary = [], Summary()
     for number, plan in enumerate(plan_list, 1):
         round_dir = workdir / f"round-{number:03d}"
         where = store if store is not None else StoreLocation(round_dir / "store")
-        report = Round(plan, number, where, round_dir, registry=registry, scenario=scenario, apps=apps).run()
+        report = Round(plan, number, where, round_dir, registry=registry, scenario=scenario, apps=apps,
+                       lapse=lapse).run()
         summary.add(report)
         reports.append(report)
         on_report(report)

@@ -18,6 +18,7 @@ from ..chaos import plan as chaos_plan
 from ..chaos import run as chaos
 from ..chaos.timeline import html_timeline, svg_timeline, text_timeline
 from ..chaos.verdict import NOTIFY, Report, Scenario
+from ..shared import MIN_LAPSE
 from .durations import Duration
 from .group import Env, cli, common, fail, parse_json
 
@@ -32,20 +33,23 @@ EXIT_USAGE = 2
 @click.option("--kill-after", type=Duration(), default="2s", show_default=True,
               help="When to kill, after the workflow starts (500ms, 2s, 1.5s).")
 @click.option("--target", type=click.Choice(chaos.TARGETS), default="workers", show_default=True,
-              help="Kill the workers holding the run's claims, or the supervisor with all its workers.")
+              help="Kill the workers holding the run's claims, or the supervisor with all its workers; "
+                   "or, on a store several supervisors share (PostgreSQL), start two and kill one.")
 @click.option("--rounds", default=1, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--random", "randomize", is_flag=True,
               help="Random kill instants (seeded), targets in turn, and kills inside store writes.")
 @click.option("--seed", type=int, help="Seed of --random (printed); replays the same rounds.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16))
+@click.option("--lapse", type=Duration(minimum=MIN_LAPSE), default=chaos.DEFAULT_LAPSE, show_default=True,
+              help="The supervisors' heartbeat lapse (runner start --lapse), on a shared store.")
 @click.option("--json", "as_json", is_flag=True, help="The report as one JSON document.")
 @click.option("--timeline", "timeline_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the round's picture (SVG, or HTML if FILE ends in .html).")
 @click.option("--keep", is_flag=True, help="Keep the temporary stores, effects journals and logs.")
 @common
 def chaos_cmd(env: Env, func: str, args: tuple[str, ...], kill_after: float, target: str, rounds: int,
-              randomize: bool, seed: int | None, workers: int, as_json: bool, timeline_file: Path | None,
-              keep: bool) -> None:
+              randomize: bool, seed: int | None, workers: int, lapse: float, as_json: bool,
+              timeline_file: Path | None, keep: bool) -> None:
     """Kill a live run of FUNC, let it recover, and check what executed against what is allowed.
 
     Starts `runner start` on the store (a fresh temporary one unless --store is
@@ -70,8 +74,14 @@ def chaos_cmd(env: Env, func: str, args: tuple[str, ...], kill_after: float, tar
     source = click.get_current_context().get_parameter_source("store_dir")
     given = source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     registry = env.load()
+    shared = False
     if given:  # a store of the user's must be usable before any round; else each round makes its own
-        env.open(load=False)[0].close()
+        store = env.open(load=False)[0]
+        shared = store.shared
+        store.close()
+    if target == chaos_plan.PEER and not shared:
+        fail(f"--target {chaos_plan.PEER} needs a store several supervisors share (--store postgresql://...)",
+             EXIT_USAGE)
     registry.lookup(func)
     seed = secrets.randbelow(1 << 31) if randomize and seed is None else seed
     workdir = Path(tempfile.mkdtemp(prefix="runner-chaos-"))
@@ -85,11 +95,11 @@ def chaos_cmd(env: Env, func: str, args: tuple[str, ...], kill_after: float, tar
             click.echo(round_line(report))
 
     plan_list = chaos_plan.plans(rounds, kill_after=kill_after, target=target, randomize=randomize,
-                                 seed=seed or 0, workers=workers, timed=scenario is NOTIFY)
+                                 seed=seed or 0, workers=workers, timed=scenario is NOTIFY, shared=shared)
     try:
         reports, summary = chaos.run_rounds(plan_list, workdir=workdir,
                                             store=env.store if given else None, registry=registry,
-                                            scenario=scenario, apps=env.apps, on_report=progress)
+                                            scenario=scenario, apps=env.apps, lapse=lapse, on_report=progress)
     except chaos.ChaosError as exc:
         shutil.rmtree(workdir, ignore_errors=True)
         fail(f"the harness could not run: {exc}", 3)

@@ -16,7 +16,7 @@ import psutil
 from runner.store import PromiseStore, Task
 
 from ..location import StoreLocation
-from ..owners import owner_pid
+from ..owners import is_owner, owner_pid
 from ..parked import parked_info
 
 
@@ -26,7 +26,7 @@ def _process(pid: int | None, owner: str | None = None) -> psutil.Process | None
         return None
     try:
         proc = psutil.Process(pid)
-        if owner is not None and owner != f"{pid}@{proc.create_time():.2f}":
+        if owner is not None and not is_owner(owner, pid, proc.create_time()):
             return None  # the worker died and its pid went to someone else
         proc.cpu_percent(None)  # starts the sample read by _usage
         return proc
@@ -44,6 +44,12 @@ def _usage(proc: psutil.Process | None) -> dict[str, Any]:
                     "cpu_seconds": round(times.user + times.system, 3)}
     except psutil.Error:
         return {"alive": False, "rss": None, "cpu_percent": None, "cpu_seconds": None}
+
+
+def _peer(info: dict[str, Any]) -> dict[str, Any]:
+    """One of the supervisors running on the store, as it describes itself."""
+    return {"id": info.get("id"), "pid": info.get("pid"), "host": info.get("host"),
+            "started": info.get("started"), "workers": len(info.get("workers") or ())}
 
 
 def _claim(store: PromiseStore, task: Task, now: float) -> dict[str, Any]:
@@ -83,14 +89,17 @@ def status(store: PromiseStore, location: StoreLocation, *, sample: float = 0.1)
         time.sleep(sample)
         started = info.get("started")
         result["supervisor"] = {
-            "pid": info.get("pid"), "started": started,
+            "pid": info.get("pid"), "id": info.get("id"), "host": info.get("host"), "started": started,
             "uptime": round(now - started, 3) if isinstance(started, int | float) else None,
             "workers": len(owners), "concurrency": info.get("concurrency"), **_usage(procs[0])}
         for owner, proc in zip(owners.values(), procs[1:], strict=True):
             held = by_owner.get(owner, [])
             result["workers"].append({"pid": owner_pid(owner), "owner": owner, **_usage(proc),
                                       "running": [_claim(store, t, now) for t in held]})
-    known = set(owners.values())
+    # On a store several supervisors share, the others' workers hold claims too.
+    every = store.supervisors()
+    result["supervisors"] = [_peer(i) for i in every]
+    known = {str(o) for i in every for o in dict(i.get("owners") or {}).values()} | set(owners.values())
     result["unowned_claims"] = [dict(_claim(store, t, now), owner=t.owner)
                                 for t in claims if t.owner not in known]
     return result

@@ -135,9 +135,14 @@ def status(s: dict[str, Any]) -> Iterator[Text]:
     if sup is None:
         yield Text(f"no supervisor is running on {s['store']}", style="bold")
     else:
-        yield Text.assemble(Text(f"supervisor {sup['pid']}", style="bold"),
+        named = f" (id {sup['id']})" if sup.get("id") else ""
+        yield Text.assemble(Text(f"supervisor {sup['pid']}{named}", style="bold"),
                             f" on {s['store']}, up {seconds(sup['uptime'])}, {sup['workers']} workers"
                             f" x {sup['concurrency']}, rss {size(sup['rss'])}, cpu {_percent(sup)}")
+    others = [p for p in s["supervisors"] if sup is None or p["id"] != sup["id"]]
+    for peer in others:  # on a store several supervisors share
+        yield Text(f"  also supervising: {peer['pid']} on {peer['host']} (id {peer['id']}), "
+                   f"{peer['workers']} workers")
     for w in s["workers"]:
         alive = "" if w["alive"] else "  (gone)"
         yield Text(f"  worker {w['pid']}  rss {size(w['rss'])}  cpu {_percent(w)}  "

@@ -22,6 +22,7 @@ from .schema import prepare
 from .url import redact
 
 T = TypeVar("T")
+IDLE_IN_TRANSACTION_MS = 5000
 _RETRIES = 20
 # Connections a forked child inherited and must neither use nor close: closing sends the
 # server a Terminate on the parent's socket. Kept referenced so they are never finalised.
@@ -39,6 +40,10 @@ def connect(dsn: str, shown: str, schema: str, *, autocommit: bool = False) -> A
         prepare(conn, schema)
         with conn.transaction():
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+            # A process cut off inside a transaction (a partition that holds its connection
+            # open) would keep its rows locked for as long as the server keeps its session:
+            # ours last milliseconds, so one idle this long is ended, its change undone.
+            conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
     except psycopg.Error as exc:
         conn.close()
         raise StoreUnavailable(f"cannot use {shown}: {_first_line(exc)}") from None
@@ -50,6 +55,10 @@ def connect(dsn: str, shown: str, schema: str, *, autocommit: bool = False) -> A
 
 def _first_line(exc: BaseException) -> str:
     return redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+
+def _rows(cursor: Any) -> list[Any]:
+    return cursor.fetchall() if cursor.description is not None else []
 
 
 def forget(conn: Any, pid: int) -> None:
@@ -74,6 +83,11 @@ class Tx:
     def notify(self, *topics: str) -> None:
         self.topics.update(topics)
 
+    def channel(self, topic: str) -> str:
+        """The channel of a topic, for a statement that sends its own NOTIFY (one round trip
+        less; settled:<id> goes out on the settled channel with the id as payload)."""
+        return route(self._schema, topic)[0]
+
     def send(self) -> None:
         """NOTIFY every topic of this transaction: delivered at its commit, never before."""
         if not self.topics:
@@ -89,18 +103,25 @@ class Database:
         self._pid = os.getpid()
         self._mutex = threading.Lock()
         self._closed = False
-        self._conn: Any = connect(dsn, shown, schema)
+        # Autocommit: a lone statement is its own transaction (one round trip, no BEGIN or
+        # COMMIT of its own); run() opens one around several.
+        self._conn: Any = connect(dsn, shown, schema, autocommit=True)
 
-    def run(self, body: Callable[[Tx], T]) -> T:
-        """`body` in one transaction, run again after a deadlock or a serialization failure."""
+    def run(self, body: Callable[[Tx], T], *, alone: bool = False) -> T:
+        """`body` in one transaction, run again after a deadlock or a serialization failure
+        (`alone`: its one statement is the transaction, and it notifies nothing)."""
         with self._mutex:
             if self._closed:
                 raise StoreUnavailable(f"the store {self.shown} is closed")
             if self._conn is None:
-                self._conn = connect(self.dsn, self.shown, self.schema)
+                self._conn = connect(self.dsn, self.shown, self.schema, autocommit=True)
             for attempt in range(_RETRIES):
                 tx = Tx(self._conn, self.schema)
                 try:
+                    # Pipelined: a statement whose result is not read yet goes out with the
+                    # next one read, or with the commit: fewer round trips per call.
+                    if alone:
+                        return body(tx)
                     with self._conn.transaction():
                         result = body(tx)
                         tx.send()
@@ -115,6 +136,14 @@ class Database:
                     raise StoreIOError(f"{self.shown}: {_first_line(exc)}") from None
         raise AssertionError("unreachable")
 
+    def query(self, statement: Any, params: Any = None) -> list[Any]:
+        """The rows of one statement, run as a transaction of its own (atomic, and durable
+        when it returns, as any commit)."""
+        return self.run(lambda tx: _rows(tx.execute(statement, params)), alone=True)
+
+    def channel(self, topic: str) -> str:
+        return route(self.schema, topic)[0]
+
     def _reconnect(self) -> None:
         """After a lost connection the next call connects afresh. The lost call raised: its
         change was not made, or was committed unacknowledged, and is read back as it stands."""
@@ -123,7 +152,7 @@ class Database:
 
     def watch(self, topics: tuple[str, ...]) -> PgWatch:
         pid = os.getpid()
-        return PgWatch(connect(self.dsn, self.shown, self.schema, autocommit=True),
+        return PgWatch(lambda: connect(self.dsn, self.shown, self.schema, autocommit=True),
                        lambda conn: forget(conn, pid), self.schema, topics)
 
     def close(self) -> None:

@@ -25,11 +25,58 @@ from .url import redact, split
 DEFAULT_LEASE = 30.0  # seconds, as the directory store's
 AFFINITY_GRACE = 1.0  # seconds a woken workflow waits for the worker that has it in memory
 
-_CANDIDATES = ("SELECT id FROM tasks WHERE state = 'ready' AND not_before <= %(now)s "
-               "AND (deadline IS NULL OR deadline > %(now)s) AND {} LIMIT %(n)s FOR UPDATE SKIP LOCKED")
-_MINE = _CANDIDATES.format("affinity = %(owner)s ORDER BY id")
-_OTHERS = _CANDIDATES.format("(affinity IS NULL OR (affinity <> %(owner)s AND "
-                             "ready_since + %(grace)s <= %(now)s)) ORDER BY front DESC, queued")
+_CANDIDATES = ("SELECT id, front, queued FROM tasks WHERE state = 'ready' "
+               "AND not_before <= %(now)s AND (deadline IS NULL OR deadline > %(now)s) AND {which} "
+               "ORDER BY {order} LIMIT %(n)s FOR UPDATE SKIP LOCKED")
+# One statement, so a transaction of its own (one round trip): the owner's own woken
+# workflows first, then the queue's (given back after a death at its front), none overdue;
+# each claimed with a fresh counter; their promises, and whether any promise is overdue
+# (one row of NULLs, saying so, when nothing was claimed).
+_CLAIM = f"""
+WITH mine AS ({_CANDIDATES.format(which="affinity = %(owner)s", order="id")}),
+others AS ({_CANDIDATES.format(which="(affinity IS NULL OR (affinity <> %(owner)s AND "
+                                     "ready_since + %(grace)s <= %(now)s))",
+                               order="front DESC, queued")}),
+picked AS (SELECT * FROM (SELECT id, 0 AS k, id AS name, false AS front, 0::bigint AS queued FROM mine
+                          UNION ALL SELECT id, 1, '', front, queued FROM others) AS c
+           ORDER BY k, name, front DESC, queued LIMIT %(n)s),
+claimed AS (UPDATE tasks t SET state = 'claimed', owner = %(owner)s, counter = t.counter + 1,
+                expires_at = %(expires)s, claimed_at = %(now)s, front = false, affinity = NULL,
+                awaiting = '{{}}', wake = 'first', not_before = 0
+            FROM picked WHERE t.id = picked.id RETURNING t.id, t.counter, t.attempt),
+got AS (SELECT p.id, p.state, p.func, p.args, p.parent, p.tags, p.timeout, p.created_at, p.settled_at,
+               p.value, p.attempt, c.counter, c.attempt AS run, picked.k, picked.name, picked.front,
+               picked.queued
+        FROM claimed c JOIN picked ON picked.id = c.id JOIN promises p ON p.id = c.id)
+SELECT got.id, got.state, got.func, got.args, got.parent, got.tags, got.timeout, got.created_at,
+       got.settled_at, got.value, got.attempt, got.counter, got.run,
+       (SELECT count(*) FROM (SELECT pg_notify(%(changes)s, '') FROM got LIMIT 1) AS n),
+       EXISTS (SELECT 1 FROM promises WHERE state = 'pending' AND timeout <= %(now)s)
+FROM (SELECT 1) AS one LEFT JOIN got ON true
+ORDER BY got.k, got.name, got.front DESC, got.queued
+"""
+# Judge and write a suspend in one statement. The awaited promises are read FOR SHARE: a
+# settle of one of them waits for this commit and then sees the task waiting, or this waits
+# for the settle's commit and sees it settled; no wake-up falls between. The task waits
+# only if its claim is current, every awaited id exists, and `wake` does not hold already.
+_SUSPEND = """
+WITH aw AS (SELECT id, state FROM promises WHERE id = ANY(%(ids)s) ORDER BY id FOR SHARE),
+me AS (SELECT state, counter FROM tasks WHERE id = %(id)s FOR UPDATE),
+judged AS (SELECT count(*) AS found, count(*) FILTER (WHERE state = 'pending') AS remaining,
+                  count(*) FILTER (WHERE state <> 'pending') AS settled,
+                  bool_or(state NOT IN ('pending', 'resolved')) AS failed, bool_or(state = 'resolved') AS won,
+                  array_agg(id) AS known
+           FROM aw),
+waiting AS (UPDATE tasks t SET state = 'waiting', awaiting = %(awaiting)s, remaining = j.remaining,
+                wake = %(wake)s, affinity = %(affinity)s, owner = NULL, expires_at = NULL
+            FROM judged j WHERE t.id = %(id)s AND t.state = 'claimed' AND t.counter = %(counter)s
+                AND j.found = %(n)s AND NOT (j.settled > 0 AND (%(wake)s = 'first' OR j.remaining = 0
+                    OR (%(wake)s = 'all' AND j.failed) OR (%(wake)s = 'any' AND j.won)))
+            RETURNING t.id)
+SELECT (SELECT state FROM me), (SELECT counter FROM me), j.known,
+       (SELECT count(pg_notify(%(changes)s, '')) FROM waiting)
+FROM judged j
+"""
 _OVERDUE = ("SELECT id, timeout FROM promises WHERE state = 'pending' AND timeout <= %s "
             "ORDER BY timeout, id FOR UPDATE SKIP LOCKED")
 _HELD = ("SELECT t.id, t.state, t.counter, t.attempt, t.owner, t.expires_at, t.not_before, t.awaiting, "
@@ -77,14 +124,13 @@ class PgStore:
     def get(self, promise_id: str, *, now: float | None = None) -> Promise | None:
         """The promise as of `now` (timed out once overdue, swept or not)."""
         at = time.time() if now is None else now
-        row = self._db.run(lambda tx: tx.execute(
-            f"SELECT {rows.PROMISE} FROM {rows.PROMISE_FROM} WHERE p.id = %s", (promise_id,)).fetchone())
-        return None if row is None else rows.seen(row, at)
+        found = self._db.query(f"SELECT {rows.PROMISE} FROM {rows.PROMISE_FROM} WHERE p.id = %s",
+                               (promise_id,))
+        return rows.seen(found[0], at) if found else None
 
     def task(self, promise_id: str) -> Task | None:
-        row = self._db.run(lambda tx: tx.execute(f"SELECT {rows.TASK} FROM tasks WHERE id = %s",
-                                                 (promise_id,)).fetchone())
-        return None if row is None else rows.task(row)
+        found = self._db.query(f"SELECT {rows.TASK} FROM tasks WHERE id = %s", (promise_id,))
+        return rows.task(found[0]) if found else None
 
     def children(self, parent: str, now: float | None = None) -> list[Promise]:
         """The children of `parent` in creation order, each as `get` sees it at `now`."""
@@ -115,7 +161,7 @@ class PgStore:
         after = cursor - 1
         batch = min(limit + 1, 10_000) if not wanted else 1_000
         while len(found) <= limit:
-            page = self._page(query, (after, *params, batch))
+            page = self._db.query(query, (after, *params, batch))
             for row in page:
                 p = rows.seen(row, at)
                 if all(k in p.tags and p.tags[k] == v for k, v in wanted):
@@ -126,9 +172,6 @@ class PgStore:
         if len(found) <= limit:
             return Page([p for _, p in found], None)
         return Page([p for _, p in found[:limit]], found[limit][0])
-
-    def _page(self, query: str, params: tuple[Any, ...]) -> list[Any]:
-        return self._db.run(lambda tx: tx.execute(query, params).fetchall())
 
     def settle(self, promise_id: str, state: State, value: Any = None,
                now: float | None = None) -> Promise:
@@ -161,30 +204,17 @@ class PgStore:
               lease: float | None = None) -> list[Claim]:
         """Lease up to `limit` ready tasks to `owner` (its own woken workflows first, then in
         queue order), each with a fresh counter. Never an overdue one: every promise past its
-        deadline is timed out in the same transaction instead."""
+        deadline is timed out instead, before this returns."""
         at = time.time() if now is None else now
         expires = at + (self.lease if lease is None else lease)
         if limit <= 0:
             return []
 
-        def body(tx: Tx) -> list[Claim]:
-            args = {"now": at, "owner": owner, "n": limit, "grace": AFFINITY_GRACE}
-            picked = [r[0] for r in tx.execute(_MINE, args)]
-            if len(picked) < limit:
-                args["n"] = limit - len(picked)
-                picked += [r[0] for r in tx.execute(_OTHERS, args)]
-            writes.time_out(tx, tx.execute(_OVERDUE, (at,)).fetchall())
-            if not picked:
-                return []
-            got = {r[0]: (r[1], r[2]) for r in tx.execute(
-                "UPDATE tasks SET state = 'claimed', owner = %s, counter = counter + 1, expires_at = %s, "
-                "claimed_at = %s, front = false, affinity = NULL, awaiting = '{}', wake = 'first', "
-                "not_before = 0 WHERE id = ANY(%s) RETURNING id, counter, attempt",
-                (owner, expires, at, picked))}
-            tx.notify(CHANGES)
-            return [Claim(p, got[p.id][0], got[p.id][1], owner, expires) for p in self._stored(tx, picked)]
-
-        return self._db.run(body)
+        found = self._db.query(_CLAIM, {"now": at, "owner": owner, "n": limit, "grace": AFFINITY_GRACE,
+                                        "expires": expires, "changes": self._db.channel(CHANGES)})
+        if found[0][-1]:
+            self._db.run(lambda tx: writes.time_out(tx, tx.execute(_OVERDUE, (at,)).fetchall()))
+        return [Claim(rows.promise(r), r[11], r[12], owner, expires) for r in found if r[0] is not None]
 
     def heartbeat(self, owner: str, now: float | None = None, *, lease: float | None = None,
                   ids: Sequence[str] | None = None) -> int:
@@ -195,7 +225,7 @@ class PgStore:
         params: tuple[Any, ...] = (expires, owner)
         if ids is not None:
             query, params = query + " AND id = ANY(%s)", (*params, list(ids))
-        return int(self._db.run(lambda tx: tx.execute(query, params).rowcount))
+        return len(self._db.query(query + " RETURNING 1", params))
 
     @staticmethod
     def _fenced(tx: Tx, pid: str, counter: int) -> tuple[Any, ...]:
@@ -214,6 +244,11 @@ class PgStore:
         the claim is current. Past its deadline it times out and `creates` are dropped."""
         if not state.settled:
             raise ValueError("complete needs a final state")
+        if not creates:  # the fenced group commit of one: a statement less than fencing first
+            [done] = self.complete_many([Completion(promise_id, counter, state, value)], now)
+            if isinstance(done, StaleClaim):
+                raise done
+            return done
         at = time.time() if now is None else now
 
         def body(tx: Tx) -> Promise:
@@ -235,24 +270,18 @@ class PgStore:
         at = time.time() if now is None else now
 
         def body(tx: Tx) -> list[Promise | StaleClaim]:
-            held = {r[0]: r for r in tx.execute(
-                "SELECT id, state, counter, deadline FROM tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-                ([d.id for d in completions],))}
-            outcomes: list[StaleClaim | None] = []
-            items: list[writes.Settle] = []
+            first = list({d.id: d for d in reversed(completions)}.values())[::-1]
+            settled = writes.complete(tx, first, at)
+            stale = {d.id for d in completions if d.id not in settled}
+            found = {} if not stale else {r[0]: r[1:] for r in tx.execute(
+                "SELECT id, state, counter FROM tasks WHERE id = ANY(%s)", (list(stale),)).fetchall()}
+            outcomes: list[Promise | StaleClaim] = []
             for done in completions:
-                row, pid, counter = held.get(done.id), done.id, done.counter
-                if row is None:
-                    outcomes.append(StaleClaim(pid, counter, "the promise is settled or has no task"))
-                elif row[1] != "claimed" or row[2] != counter:
-                    outcomes.append(StaleClaim(pid, counter, f"the task is {row[1]} at counter {row[2]}"))
-                else:
-                    outcomes.append(None)
-                    items.append((done.id, row[3], done.state, done.value))
-                    held.pop(done.id)  # a second completion of it in this batch is stale
-            writes.settle(tx, items, at)
-            stored = iter(self._stored(tx, [i[0] for i in items]))
-            return [out or next(stored) for out in outcomes]
+                promise = settled.pop(done.id, None)  # a second completion of it in this batch is stale
+                reason = ("the promise is settled or has no task" if done.id not in found
+                          else "the task is {} at counter {}".format(*found[done.id]))
+                outcomes.append(promise or StaleClaim(done.id, done.counter, reason))
+            return outcomes
 
         return self._db.run(body)
 
@@ -274,24 +303,19 @@ class PgStore:
         unique = list(dict.fromkeys(awaiting))
 
         def body(tx: Tx) -> bool:
-            self._fenced(tx, promise_id, counter)
-            writes.create(tx, creates, at)
-            # FOR SHARE: a settle of one of them waits for this commit, then sees us waiting
-            # (or we wait for its commit, and see it settled); no wake-up falls between.
-            states = dict(tx.execute("SELECT id, state FROM promises WHERE id = ANY(%s) ORDER BY id "
-                                     "FOR SHARE", (unique,)).fetchall())
-            unknown = [a for a in unique if a not in states]
+            writes.create(tx, creates, at)  # undone with the rest if the claim is stale
+            args = {"id": promise_id, "counter": counter, "ids": unique, "n": len(unique),
+                    "awaiting": list(awaiting), "wake": wake.value, "affinity": affinity,
+                    "changes": tx.channel(CHANGES)}
+            state, current, known, waits = tx.execute(_SUSPEND, args).fetchone()
+            if state is None:
+                raise StaleClaim(promise_id, counter, "the promise is settled or has no task")
+            if state != "claimed" or current != counter:
+                raise StaleClaim(promise_id, counter, f"the task is {state} at counter {current}")
+            unknown = [a for a in unique if a not in set(known or ())]
             if unknown:
                 raise NotFound(unknown[0])  # waiting on it would wait forever
-            settled = [State(s) for s in states.values() if s != State.PENDING.value]
-            remaining = len(unique) - len(settled)
-            if any(wake.holds(s, remaining) for s in settled):
-                return False
-            tx.execute("UPDATE tasks SET state = 'waiting', awaiting = %s, remaining = %s, wake = %s, "
-                       "affinity = %s, owner = NULL, expires_at = NULL WHERE id = %s",
-                       (list(awaiting), remaining, wake.value, affinity, promise_id))
-            tx.notify(CHANGES)
-            return True
+            return bool(waits)
 
         return self._db.run(body)
 
@@ -351,8 +375,7 @@ class PgStore:
         return self._tasks("state = 'claimed' ORDER BY owner, id")
 
     def _tasks(self, where: str) -> list[Task]:
-        found = self._db.run(lambda tx: tx.execute(f"SELECT {rows.TASK} FROM tasks WHERE {where}").fetchall())
-        return [rows.task(r) for r in found]
+        return [rows.task(r) for r in self._db.query(f"SELECT {rows.TASK} FROM tasks WHERE {where}")]
 
     # -- deaths and the sweep -------------------------------------------------------------
 
@@ -392,14 +415,13 @@ class PgStore:
 
     def next_due(self) -> float | None:
         """When the earliest delayed task (a retry's backoff) becomes claimable."""
-        return self._db.run(lambda tx: tx.execute(
-            "SELECT min(not_before) FROM tasks WHERE state = 'ready' AND not_before > %s",
-            (time.time(),)).fetchone()[0])
+        return self._db.query("SELECT min(not_before) FROM tasks WHERE state = 'ready' AND not_before > %s",
+                              (time.time(),))[0][0]
 
     def next_timer(self) -> float | None:
         """When the earliest pending timer is due."""
-        return self._db.run(lambda tx: tx.execute(
-            "SELECT min(due) FROM promises WHERE state = 'pending' AND due IS NOT NULL").fetchone()[0])
+        found = self._db.query("SELECT min(due) FROM promises WHERE state = 'pending' AND due IS NOT NULL")
+        return found[0][0]
 
     def fire_timers(self, now: float | None = None) -> list[str]:
         """Resolve every timer due by `now`, settled at `now` (or timed out, past a deadline)."""
@@ -482,14 +504,17 @@ class PgStore:
     def supervisor_beats(self) -> dict[str, float]:
         return self._supervisors.beats()
 
-    def retire_supervisor(self, sid: str) -> bool:
+    def retire_supervisor(self, sid: str) -> dict[str, Any] | None:
         return self._supervisors.retire(sid)
 
-    def lock_sweeper(self) -> bool:
-        return self._supervisors.lock_sweeper()
+    def lock_sweeper(self, lapse: float) -> bool:
+        return self._supervisors.lock_sweeper(lapse)
 
     def supervisors(self) -> list[dict[str, Any]]:
         return self._supervisors.every()
+
+    def lost_supervisors(self) -> list[dict[str, Any]]:
+        return self._supervisors.lost()
 
     def lock_holders(self) -> list[int]:
         """No process holds a lock on the whole store: rows are locked, for a transaction."""
