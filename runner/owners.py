@@ -12,13 +12,17 @@ import psutil
 
 def owner_id(pid: int, supervisor: str | None = None) -> str:
     """The owner name of a live process (the same whether it or its parent asks)."""
-    owner = f"{pid}@{psutil.Process(pid).create_time():.2f}"
+    owner = _process(pid, psutil.Process(pid).create_time())
     return owner if supervisor is None else f"{owner}+{supervisor}"
+
+
+def _process(pid: int, started: float) -> str:
+    return f"{pid}@{started:.2f}"
 
 
 def is_owner(owner: str, pid: int, started: float) -> bool:
     """Whether `owner` names the process of this pid and start time (whatever supervisor it names)."""
-    return owner.split("+", 1)[0] == f"{pid}@{started:.2f}"
+    return owner.split("+", 1)[0] == _process(pid, started)
 
 
 def owner_supervisor(owner: str | None) -> str | None:

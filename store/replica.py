@@ -352,7 +352,7 @@ class Replica:
 
     def watch(self, *topics: str) -> Watch:
         """A descriptor that turns readable when something of `topics` may have happened."""
-        return Watch(self._wake_dir, topics)
+        return Watch(self._wake_dir, self._log.dir, topics)
 
     def close(self) -> None:
         """Close this handle's descriptors (in a forked child too: closing never unlocks)."""

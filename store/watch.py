@@ -38,8 +38,11 @@ _log = logging.getLogger(__name__)
 _CREATED = "created"  # one byte longer for each topic file ever created
 _SETTLED = settled_topic("")  # the prefix of every settle's topic
 _PLAIN = (WORK, TIMERS, CHANGES)
+_LOG = "../log"  # what a watch holds once it watches the log instead of its topics' files
 
 _IN_MODIFY = 0x00000002
+_IN_MOVED_TO = 0x00000080
+_IN_CREATE = 0x00000100
 _IN_ATTRIB = 0x00000004  # what utime raises on the watched file
 _IN_DONT_FOLLOW = 0x02000000  # a link planted in wake/ is never watched through
 _IN_NONBLOCK = 0o4000
@@ -61,7 +64,7 @@ def topic_file(topic: str) -> str:
 def wake_dir(root: Path, writable: bool) -> Path | None:
     """STORE/wake, created if missing, checked like every directory of the store; None where
     it cannot be (a read-only store lacking it, where nobody writes; a full disk, where
-    waiters fall back on their backstop timeouts until a process opens the store again)."""
+    waiters watch the log instead until a process opens the store again)."""
     path = root / WAKE_DIR
     for directory in (path, path / "settled"):
         try:
@@ -72,13 +75,13 @@ def wake_dir(root: Path, writable: bool) -> Path | None:
         except FileNotFoundError:
             return None
         except OSError as exc:  # a full disk: its writes will say so
-            _log.debug("no wake-ups in %s (waiters look every second instead): %s", root, exc)
+            _log.debug("no wake-up files in %s (waiters watch the log instead): %s", root, exc)
             return None
     if writable:
         try:
             os.close(open_file(path / _CREATED, os.O_RDONLY | os.O_CREAT))
         except OSError as exc:
-            _log.debug("no wake-ups in %s (waiters look every second instead): %s", root, exc)
+            _log.debug("no wake-up files in %s (waiters watch the log instead): %s", root, exc)
             return None
     return path
 
@@ -131,12 +134,13 @@ class Wakes:
 class Watch:
     """Readable once a topic it watches may have been produced (see the module's note)."""
 
-    def __init__(self, directory: Path | None, topics: Iterable[str]) -> None:
+    def __init__(self, directory: Path | None, log: Path, topics: Iterable[str]) -> None:
         fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         self._fd: int | None = fd
         self._dir = directory
+        self._log = log
         self._files: set[str] = set()
         try:
             for topic in topics:
@@ -148,22 +152,31 @@ class Watch:
     def add(self, topic: str) -> None:
         """Wake for `topic` too, from now on (call it before reading what it stands for)."""
         name = topic_file(topic)
-        if self._dir is None or name in self._files:
+        if name in self._files or _LOG in self._files:
+            return
+        if self._dir is None:
+            self._every_append()
             return
         path = self._dir / name
         try:
             self._create(path)
         except OSError as exc:
-            # A full disk, or a read-only one (nobody writes it then): the waiter's backstop
-            # timeout does the looking, and a write says what is wrong where it fails.
+            # A full disk, or a read-only one: woken by every append instead (spurious
+            # wake-ups, never a missed one), and a write says what is wrong where it fails.
             _log.debug("cannot create %s: %s", path, exc)
+            self._every_append()
             return
-        if _libc.inotify_add_watch(self.fileno(), os.fsencode(path),
-                                   _IN_ATTRIB | _IN_MODIFY | _IN_DONT_FOLLOW) < 0:
-            _log.warning("cannot watch %s (looking every second instead): %s", path,
-                         os.strerror(ctypes.get_errno()))
-            return
+        self._inotify(path, _IN_ATTRIB | _IN_MODIFY | _IN_DONT_FOLLOW)
         self._files.add(name)
+
+    def _every_append(self) -> None:
+        """Watch the log itself: a wake-up for every write, and no file to make."""
+        self._inotify(self._log, _IN_MODIFY | _IN_CREATE | _IN_MOVED_TO)
+        self._files.add(_LOG)
+
+    def _inotify(self, path: Path, mask: int) -> None:
+        if _libc.inotify_add_watch(self.fileno(), os.fsencode(path), mask) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {path} failed")
 
     def _create(self, path: Path) -> None:
         """The topic's file, announced to writers (see the module's note) if it is new."""

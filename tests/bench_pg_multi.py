@@ -149,7 +149,7 @@ def _kill_one(store: PromiseStore, sups: Supervisors, prefix: str, trace: str,
               proxy: LinkProxy | None) -> float:
     victim = sups.start(url=None if proxy is None else proxy.url(sups.url))
     ids = {f"{prefix}.{i}" for i in range(8)}
-    store.create([NewPromise(pid, "nap", [trace, i, 3.0]) for i, pid in enumerate(sorted(ids))])
+    store.create([NewPromise(pid, "partition_nap", [trace, i, 3.0]) for i, pid in enumerate(sorted(ids))])
 
     def claimed(by_victim: bool) -> dict[str, float]:
         return {t.id: t.claimed_at or 0.0 for t in store.claims()

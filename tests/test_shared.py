@@ -21,7 +21,7 @@ import pytest
 from runner.owners import owner_id, owner_pid, owner_supervisor
 from runner.shared import BEATS_PER_LAPSE, SharedSupervision
 from runner.store import DirStore, StoreUnavailable, Task, TaskState
-from tests.helpers import wait_until
+from tests.helpers import run_cli, wait_until
 
 LAPSE = 4.0
 
@@ -266,3 +266,12 @@ def test_the_next_tick_is_due_at_the_next_look_and_for_the_sweeper_at_the_next_o
         assert one.due() <= store.now  # at once, before the first tick
         assert one.tick()
         assert store.now < one.due() <= store.now + 1.0
+
+
+@pytest.mark.parametrize(("lapse", "said"), [("0.5s", "shorter than the least allowed, 1s"),
+                                             ("soon", "is not a duration")])
+def test_a_lapse_too_short_or_not_a_duration_is_refused_in_one_line(tmp_path: Path, lapse: str,
+                                                                      said: str) -> None:
+    done = run_cli("start", "--store", str(tmp_path / "store"), "--lapse", lapse)
+    assert done.returncode == 2 and said in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "store").exists()

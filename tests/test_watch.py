@@ -6,6 +6,7 @@ woken is known the moment the call is back: `wait(0)` tells it without any sleep
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -13,6 +14,9 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
+import runner.store.watch
 from runner.store import CHANGES, TIMERS, WORK, DirStore, NewPromise, State, Wake, open_store, settled_topic
 from runner.store.lockholder import lock_holders
 from runner.store.watch import topic_file
@@ -167,5 +171,26 @@ def test_a_link_planted_in_wake_is_never_followed(tmp_path: Path) -> None:
     assert outside.stat().st_mtime == 1_000_000 and outside.read_text() == "mine"
     assert work.wait(0)  # the link itself was touched, and watched as itself
     work.close()
+    watcher.close()
+    writer.close()
+
+
+def test_a_watch_whose_file_cannot_be_made_watches_every_append(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk: no topic file, so woken by every write instead (spurious, never missed)."""
+    watcher, writer = pair(tmp_path)
+    writer.create([NewPromise("a", "f", runnable=False)])
+
+    def full(*_: object, **__: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runner.store.watch, "open_file", full)
+    mine = watcher.watch(settled_topic("a"))
+    monkeypatch.undo()
+    writer.create([NewPromise("b", "f", runnable=False)])
+    assert mine.wait(0)  # spurious
+    writer.settle("a", State.RESOLVED, 1)
+    assert mine.wait(0)
+    mine.close()
     watcher.close()
     writer.close()

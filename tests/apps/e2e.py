@@ -6,7 +6,6 @@ trace in a file the test names, so the test can count executions across processe
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -14,20 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from runner import ChildFailed, Retry, current, function
 
+from .tracing import trace as _trace
+
 if TYPE_CHECKING:
     from runner.context import Context
 
 BRANCH_ENV = "E2E_BRANCH"  # which path `branchy` takes: "a" (default) or "b"
 
 
-def _trace(path: str, **fields: Any) -> None:
-    """Append one JSON line per execution: O_APPEND and one write, so lines never interleave."""
-    line = {"id": current().id, "attempt": current().attempt, "pid": os.getpid(), **fields}
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (json.dumps(line) + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 # -- values the store cannot hold -----------------------------------------------------

@@ -11,28 +11,19 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from runner import current, function
+from runner import function
+
+from .tracing import trace
 
 if TYPE_CHECKING:
     from runner.context import Context
 
 
-def _trace(path: str, event: str) -> None:
-    """One JSON line, one O_APPEND write: lines of several processes never interleave."""
-    line = {"id": current().id, "attempt": current().attempt, "pid": os.getpid(), "event": event,
-            "time": time.time()}
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (json.dumps(line) + "\n").encode())
-    finally:
-        os.close(fd)
-
-
 @function
 def partition_nap(path: str, index: int, seconds: float) -> dict[str, Any]:
-    _trace(path, "start")
+    trace(path, event="start", time=time.time())
     time.sleep(seconds)
-    _trace(path, "end")
+    trace(path, event="end", time=time.time())
     return {"index": index, "pid": os.getpid()}
 
 
