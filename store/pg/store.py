@@ -224,7 +224,9 @@ class PgStore:
 
         def body(tx: Tx) -> tuple[list[Promise | StaleClaim], list[Any]]:
             found = tx.execute(queries.CLAIM, self._claim_args(owner, at, limit, lease)).fetchall()
-            outcomes = _completed(tx, completions, at)
+            # Fenced as of before the claims: a task claimed just now was ready, no completion's.
+            ready = {r[0]: r[11] - 1 for r in found if r[0] is not None}
+            outcomes = _completed(tx, completions, at, ready)
             if found[0][-1]:  # overdue promises: those the completions did not settle time out now
                 writes.time_out(tx, tx.execute(queries.OVERDUE, (at,)).fetchall())
             return outcomes, found
@@ -468,14 +470,18 @@ class PgStore:
         return []
 
 
-def _completed(tx: Tx, completions: Sequence[Completion], now: float) -> list[Promise | StaleClaim]:
+def _completed(tx: Tx, completions: Sequence[Completion], now: float,
+               ready: Mapping[str, int] | None = None) -> list[Promise | StaleClaim]:
     """Settle the current ones of `completions` (writes.complete); a stale one, or a second
-    completion of one id, is its StaleClaim, saying why."""
-    first = list({d.id: d for d in reversed(completions)}.values())[::-1]
+    completion of one id, is its StaleClaim, saying why. `ready`: tasks claimed in this
+    transaction, by their counter before it: they were ready, so no completion is current."""
+    ready = ready or {}
+    first = list({d.id: d for d in reversed(completions) if d.id not in ready}.values())[::-1]
     settled = writes.complete(tx, first, now)
-    stale = {d.id for d in completions if d.id not in settled}
+    stale = {d.id for d in completions if d.id not in settled and d.id not in ready}
     found = {} if not stale else {r[0]: r[1:] for r in tx.execute(
         "SELECT id, state, counter FROM tasks WHERE id = ANY(%s)", (list(stale),)).fetchall()}
+    found.update({pid: ("ready", counter) for pid, counter in ready.items()})
     outcomes: list[Promise | StaleClaim] = []
     for done in completions:
         promise = settled.pop(done.id, None)  # a second completion of it in this batch is stale
