@@ -37,7 +37,19 @@ from .state import (
     promise_to_list,
     timeout_error,
 )
-from .types import Claim, Completion, NewPromise, Page, Promise, State, Stats, Task, TaskState, Wake
+from .types import (
+    Claim,
+    Completion,
+    NewPromise,
+    Page,
+    Promise,
+    State,
+    Stats,
+    Task,
+    TaskState,
+    Wake,
+    require_final,
+)
 
 DEFAULT_LEASE = 30.0  # seconds; heartbeats extend it, a seen death releases at once
 AFFINITY_GRACE = 1.0  # seconds a woken workflow waits for the worker that has it in memory
@@ -203,8 +215,7 @@ class DirStore(Replica):
         At or past its deadline it times out instead (see _settle_op). Cancelling also
         cancels every pending descendant, in the same frame.
         """
-        if not state.settled:
-            raise ValueError("settle needs a final state")
+        require_final([state], "settle")
         now = time.time() if now is None else now
         with self._locked():
             p = self._lookup(promise_id)
@@ -334,8 +345,7 @@ class DirStore(Replica):
         Past its deadline the promise times out instead, and `creates` (children of a
         run that has ended) are dropped.
         """
-        if not state.settled:
-            raise ValueError("complete needs a final state")
+        require_final([state], "complete")
         now = time.time() if now is None else now
         with self._locked():
             self._fenced(promise_id, counter)
@@ -352,7 +362,7 @@ class DirStore(Replica):
         Each is fenced on its own; a stale one is returned as its StaleClaim and
         the others are still written.
         """
-        _final(completions)
+        require_final((done.state for done in completions), "complete")
         now = time.time() if now is None else now
         with self._locked():
             ops, outcomes = self._completion_ops(completions, now)
@@ -368,7 +378,7 @@ class DirStore(Replica):
         write. The claims are picked before the settles apply, so a workflow they wake is
         claimed by the next call, not this one.
         """
-        _final(completions)
+        require_final((done.state for done in completions), "complete")
         now = time.time() if now is None else now
         with self._locked():
             ops, outcomes = self._completion_ops(completions, now)
@@ -590,12 +600,6 @@ class DirStore(Replica):
                          # entries of tasks settled or released since.
                          sum(t.state is TaskState.READY and t.not_before > now for t in tasks),
                          len(self.state.parked))
-
-
-def _final(completions: Sequence[Completion]) -> None:
-    for done in completions:
-        if not done.state.settled:
-            raise ValueError("complete needs a final state")
 
 
 def _page(pool: list[Promise], cursor: int, limit: int, match: Callable[[Promise], bool]) -> Page:

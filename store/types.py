@@ -7,6 +7,7 @@ mutating what it was given.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +153,12 @@ class Completion:
     counter: int
     state: State
     value: Any
+
+
+def require_final(states: Iterable[State], call: str) -> None:
+    """Refuse a write that would settle to a pending state: a caller's bug, told at once."""
+    if not all(state.settled for state in states):
+        raise ValueError(f"{call} needs a final state")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,19 @@ from typing import Any
 from ..codec import pack
 from ..deaths import Decide, retry_at_once
 from ..errors import NotFound, StaleClaim
-from ..types import CHANGES, Claim, Completion, NewPromise, Page, Promise, State, Stats, Task, Wake
+from ..types import (
+    CHANGES,
+    Claim,
+    Completion,
+    NewPromise,
+    Page,
+    Promise,
+    State,
+    Stats,
+    Task,
+    Wake,
+    require_final,
+)
 from . import queries, rows, writes
 from .connection import Database, Tx
 from .listen import PgWatch
@@ -113,8 +125,7 @@ class PgStore:
                now: float | None = None) -> Promise:
         """Settle a pending promise; settling a settled one returns it unchanged. At or past its
         deadline it times out instead; cancelling cancels every pending descendant too."""
-        if not state.settled:
-            raise ValueError("settle needs a final state")
+        require_final([state], "settle")
         at = time.time() if now is None else now
         pack(value)  # refused before anything is read or written
 
@@ -184,8 +195,7 @@ class PgStore:
                  now: float | None = None, *, creates: Sequence[NewPromise] = ()) -> Promise:
         """Settle a claimed promise, its task gone and its waiters woken, in one transaction, if
         the claim is current. Past its deadline it times out and `creates` are dropped."""
-        if not state.settled:
-            raise ValueError("complete needs a final state")
+        require_final([state], "complete")
         if not creates:  # the fenced group commit of one: a statement less than fencing first
             [done] = self.complete_many([Completion(promise_id, counter, state, value)], now)
             if isinstance(done, StaleClaim):
@@ -206,9 +216,7 @@ class PgStore:
                       now: float | None = None) -> list[Promise | StaleClaim]:
         """Group commit: settle many claimed promises in one transaction. Each is fenced on its
         own; a stale one is returned as its StaleClaim and the others are still written."""
-        for done in completions:
-            if not done.state.settled:
-                raise ValueError("complete needs a final state")
+        require_final((done.state for done in completions), "complete")
         at = time.time() if now is None else now
         return self._db.run(lambda tx: _completed(tx, completions, at))
 
@@ -217,9 +225,7 @@ class PgStore:
                            ) -> tuple[list[Promise | StaleClaim], list[Claim]]:
         """complete_many and claim up to `limit` for `owner`, in one transaction. The claims are
         picked before the settles apply, so a workflow they wake is claimed by the next call."""
-        for done in completions:
-            if not done.state.settled:
-                raise ValueError("complete needs a final state")
+        require_final((done.state for done in completions), "complete")
         at = time.time() if now is None else now
 
         def body(tx: Tx) -> tuple[list[Promise | StaleClaim], list[Any]]:
